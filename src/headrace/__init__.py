@@ -1,0 +1,45 @@
+"""headrace: parallel, streaming data pipelines for numerical and machine-learning data.
+
+A pipeline is a graph of stages; each stage runs a Python callable on a pool of workers;
+bounded channels join the stages, so memory stays bounded and backpressure reaches the source.
+
+Examples
+--------
+>>> import headrace as hr
+>>> hr.from_iterable(range(5)).map(lambda x: x + 1, workers=2).batch(2).collect()
+[[1, 2], [3, 4], [5]]
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ClosedError,
+    GraphError,
+    HeadraceError,
+    StageTimeoutError,
+    WorkerCrashedError,
+)
+from ._monitor import Report
+from ._streams import Run, Stream, from_iterable, merge, rng, run, to_dot, zip
+from ._types import ErrorRecord, StageSnapshot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "ErrorRecord",
+    "GraphError",
+    "HeadraceError",
+    "Report",
+    "Run",
+    "StageSnapshot",
+    "StageTimeoutError",
+    "Stream",
+    "WorkerCrashedError",
+    "from_iterable",
+    "merge",
+    "rng",
+    "run",
+    "to_dot",
+    "zip",
+]

@@ -1,0 +1,66 @@
+"""The inline backend: no pool.
+
+A call stage (map, filter, flat_map, sink, route) runs fused into the thread that produces its
+input, saving a channel hop; a stream stage (transform and the built-in n -> m stages) runs on
+one driver thread of its own. Timeouts are checked when the call returns.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .._errors import format_traceback
+from .._stages import STREAM_KINDS
+from .._transport import Cancelled, StopStage
+from ._base import Backend, StageWork, Task, Workers, applier, execute, instantiate, run_stream
+
+
+class InlineBackend(Backend):
+    name = "inline"
+
+    def start(self, work: StageWork) -> Workers:
+        if work.kind in STREAM_KINDS:
+            return DriverThread(work)
+        return InlineCaller(work)
+
+
+class InlineCaller(Workers):
+    """Runs each pushed task at once in the pushing thread."""
+
+    def __init__(self, work: StageWork) -> None:
+        self._work = work
+        self._step = applier(work.kind, work.ports)
+        self._fn = None
+        try:
+            self._fn = instantiate(work.fn)
+        except BaseException as exc:
+            work.setup_failed(exc, format_traceback(exc))
+
+    def push(self, task: Task) -> None:
+        self._work.finish(execute(self._work, self._fn, self._step, task))
+
+    def join(self, timeout: float) -> bool:
+        return True
+
+
+class DriverThread(Workers):
+    """One thread running a stream stage."""
+
+    def __init__(self, work: StageWork) -> None:
+        self._thread = threading.Thread(
+            target=_drive, args=(work,), name=f"headrace-{work.name}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def _drive(work: StageWork) -> None:
+    try:
+        run_stream(work)
+    except (Cancelled, StopStage):
+        pass  # the run is being cancelled, or nobody reads this stage any more
+    finally:
+        work.worker_exited()

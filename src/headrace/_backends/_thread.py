@@ -1,0 +1,116 @@
+"""The thread backend: a pool of daemon threads per stage.
+
+Each thread runs the shared worker body. With a ``timeout``, a watchdog thread checks the
+item each worker holds: an item past its deadline is reported at once and its worker is
+replaced by a fresh thread. Python cannot kill a thread, so the given-up call runs on until it
+returns; its late result is discarded and the thread then ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from .._stages import STREAM_KINDS
+from .._transport import Cancelled, StopStage
+from ._base import Backend, Outcome, StageWork, Task, Workers, run_calls, run_stream, timeout_error
+
+
+class ThreadBackend(Backend):
+    name = "thread"
+
+    def start(self, work: StageWork) -> Workers:
+        return ThreadWorkers(work)
+
+
+class ThreadWorkers(Workers):
+    def __init__(self, work: StageWork) -> None:
+        self._work = work
+        self._ids = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._holding: dict[int, tuple[Task, float]] = {}  # worker id -> task, deadline
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a worker took a task while the watchdog slept idle
+        self._watchdog: threading.Thread | None = None
+        self._timed = work.options.timeout is not None and work.kind not in STREAM_KINDS
+        for _ in range(work.options.workers):
+            self._spawn()
+        if self._timed:
+            self._watchdog = threading.Thread(
+                target=self._watch, name=f"headrace-{work.name}-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    def _spawn(self) -> None:
+        wid = next(self._ids)
+        thread = threading.Thread(
+            target=self._run, args=(wid,), name=f"headrace-{self._work.name}-{wid}", daemon=True
+        )
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _run(self, wid: int) -> None:
+        try:
+            if self._work.kind in STREAM_KINDS:
+                run_stream(self._work)
+            elif self._timed:
+                run_calls(self._work, lambda task: self._hold(wid, task))
+            else:
+                run_calls(self._work)
+        except (Cancelled, StopStage):
+            pass  # the run is being cancelled, or nobody reads this stage any more
+        finally:
+            self._work.worker_exited()
+
+    def _hold(self, wid: int, task: Task | None) -> bool:
+        """Note the task a worker starts; on finishing, False if the watchdog gave up on it."""
+        with self._lock:
+            if task is not None:
+                assert self._work.options.timeout is not None
+                if not self._holding:
+                    self._wake.set()
+                self._holding[wid] = (task, time.monotonic() + self._work.options.timeout)
+                return True
+            return self._holding.pop(wid, None) is not None
+
+    def _watch(self) -> None:
+        timeout = self._work.options.timeout
+        assert timeout is not None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            late: list[Task] = []
+            with self._lock:
+                for wid, (task, deadline) in list(self._holding.items()):
+                    if deadline <= now:
+                        del self._holding[wid]
+                        late.append(task)
+                idle = not self._holding
+                wait = min((d for _, d in self._holding.values()), default=now + timeout) - now
+            for task in late:
+                self._spawn()  # the late worker exits when its call returns
+                error = timeout_error(self._work.name, task.key, timeout)
+                try:
+                    self._work.finish(Outcome(task, None, error, "", timeout))
+                except (Cancelled, StopStage):
+                    return  # the timeout failed the run, or nobody reads the stage
+            if idle:
+                self._wake.wait(wait)
+                self._wake.clear()
+            else:
+                self._stop.wait(max(wait, 0.001))
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        if self._watchdog is not None:
+            self._watchdog.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)

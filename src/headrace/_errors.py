@@ -1,0 +1,86 @@
+"""The error tree of headrace, and how a worker's exception is delivered to the consumer.
+
+Owns: every exception class headrace raises of its own, and `deliver`, which marks a user
+exception with its stage and item and attaches the worker traceback as ``__cause__``.
+Imports nothing from headrace.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+#: Longest text of an item or message kept in an error record or note (security: items may be
+#: huge or hold secrets; 500 characters is enough to recognise one).
+MAX_REPR = 500
+
+
+class HeadraceError(Exception):
+    """Root of every error headrace raises of its own."""
+
+
+class GraphError(HeadraceError, ValueError):
+    """The graph is invalid: a cycle, a zip over a branch that is not 1 -> 1, streams that
+    cannot be combined, or options that cannot work together."""
+
+
+class WorkerCrashedError(HeadraceError):
+    """A worker died while it held an item (raised by backends whose workers can die)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str = "",
+        worker: str = "",
+        exitcode: int | None = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.worker = worker
+        self.exitcode = exitcode
+        self.index = index
+
+
+class StageTimeoutError(HeadraceError, TimeoutError):
+    """An item took longer than the stage's ``timeout``."""
+
+
+class ClosedError(HeadraceError):
+    """A run, or something it owns, was used after it was closed."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a worker's traceback; set as ``__cause__`` of the delivered error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the worker:\n" + self.text
+
+
+def shorten(text: str, limit: int = MAX_REPR) -> str:
+    """Cut ``text`` to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback text of ``exc`` as the worker saw it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) -> BaseException:
+    """Prepare a user exception for the consumer: keep its type, note where it happened,
+    attach the worker traceback as ``__cause__``."""
+    where = f"item {index}" if index is not None else "worker setup"
+    note = f"headrace: raised in stage {stage!r}, {where}"
+    notes = getattr(exc, "__notes__", [])
+    if note not in notes:
+        exc.add_note(note)
+    if not isinstance(exc.__cause__, RemoteTraceback):
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc

@@ -1,0 +1,229 @@
+"""Stage kinds, stage options and the bodies of the built-in stages.
+
+Owns: `StageOptions` (validated when a stage is built), the set of stage kinds, and the
+iterator functions behind `batch`, `rebatch`, `unbatch` and `take`, with the "auto" collate.
+Inert: nothing here starts a thread. Imports only `_errors` and `_types`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._types import BACKENDS, ON_ERROR
+
+#: Stages that call the user's function once per item; they can run fused into their producer.
+CALL_KINDS = frozenset({"map", "filter", "flat_map", "sink", "route"})
+#: Stages whose function consumes an iterator of inputs and yields outputs (n -> m).
+STREAM_KINDS = frozenset(
+    {"transform", "batch", "rebatch", "unbatch", "take", "prefetch", "merge", "zip", "drain"}
+)
+#: Stages whose outputs keep the index of their input (1 -> 1 or 1 -> 0/1).
+KEY_KEEPING = frozenset({"map", "filter", "sink", "route", "take", "prefetch", "zip"})
+#: Stages that are strictly 1 -> 1 (a zip may sit behind a chain of them).
+ONE_TO_ONE = frozenset({"map", "prefetch"})
+
+
+def default_maxsize(workers: int) -> int:
+    """Output-channel capacity: two items per worker keep every worker fed across a hand-off
+    without letting memory grow with the stream (the same rule as torch's prefetch_factor=2)."""
+    return max(2, 2 * workers)
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The options every stage takes, validated when the stage is built."""
+
+    workers: int = 1
+    backend: str = "thread"
+    ordered: bool = True
+    maxsize: int | None = None
+    on_error: str = "raise"
+    retries: int = 0
+    timeout: float | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("workers", self.workers, minimum=1)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "inline" and self.workers != 1:
+            raise ValueError(
+                f"workers must be 1 with backend='inline' (got {self.workers}): an inline stage"
+                " runs in the thread that feeds it; use backend='thread' for a pool"
+            )
+        if not isinstance(self.ordered, bool):
+            raise TypeError(f"ordered must be True or False, got {self.ordered!r}")
+        if self.maxsize is not None:
+            _check_int("maxsize", self.maxsize, minimum=1)
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        _check_int("retries", self.retries, minimum=0)
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
+                raise TypeError(f"timeout must be a number of seconds, got {self.timeout!r}")
+            if not (self.timeout > 0 and math.isfinite(self.timeout)):
+                raise ValueError(
+                    f"timeout must be a positive number of seconds, got {self.timeout}"
+                )
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise TypeError(f"name must be a non-empty string, got {self.name!r}")
+
+    @property
+    def capacity(self) -> int:
+        return self.maxsize if self.maxsize is not None else default_maxsize(self.workers)
+
+
+def _check_int(arg: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{arg} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
+
+
+def check_callable(fn: object, arg: str = "fn") -> None:
+    if not callable(fn):
+        raise TypeError(f"{arg} must be callable, got {type(fn).__name__} {fn!r:.80}")
+
+
+def check_count(arg: str, value: object, *, minimum: int = 1) -> int:
+    _check_int(arg, value, minimum=minimum)
+    return int(value)  # type: ignore[call-overload, no-any-return]
+
+
+def callable_name(fn: object, default: str) -> str:
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or name.startswith("<"):
+        return default
+    return name
+
+
+# --- collate -------------------------------------------------------------------------------
+
+
+def collate_auto(items: list[Any]) -> Any:
+    """Stack arrays (and dicts / tuples of arrays) along a new axis 0; lists for the rest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> collate_auto([np.zeros(2), np.ones(2)]).shape
+    (2, 2)
+    >>> collate_auto([{"x": np.zeros(3)}, {"x": np.ones(3)}])["x"].shape
+    (2, 3)
+    >>> collate_auto([1, 2, 3])
+    [1, 2, 3]
+    """
+    first = items[0]
+    if isinstance(first, np.ndarray | np.generic):
+        return np.stack(items)
+    if isinstance(first, Mapping):
+        return {k: collate_auto([item[k] for item in items]) for k in first}
+    if isinstance(first, tuple) and not hasattr(first, "_fields"):
+        return tuple(collate_auto(list(parts)) for parts in zip(*items, strict=True))
+    return list(items)
+
+
+#: The body of a built-in stream stage: an iterator of inputs to an iterator of outputs.
+Body = Callable[[Iterator[Any]], Iterator[Any]]
+
+
+def batch_body(size: int, drop_last: bool, collate: Any) -> Body:
+    gather: Callable[[list[Any]], Any]
+    if collate == "auto":
+        gather = collate_auto
+    elif collate is None:
+        gather = list
+    else:
+        gather = collate
+
+    def batch(items: Iterator[Any]) -> Iterator[Any]:
+        group: list[Any] = []
+        for item in items:
+            group.append(item)
+            if len(group) == size:
+                yield gather(group)
+                group = []
+        if group and not drop_last:
+            yield gather(group)
+
+    return batch
+
+
+def _rows(batch: Any) -> int:
+    if isinstance(batch, Mapping):
+        counts = {len(v) for v in batch.values()}
+        if len(counts) != 1:
+            raise ValueError(
+                f"rebatch needs equal row counts in a dict batch, got {sorted(counts)}"
+            )
+        return counts.pop()
+    return len(batch)
+
+
+def _slice(batch: Any, start: int, stop: int) -> Any:
+    if isinstance(batch, Mapping):
+        return {k: v[start:stop] for k, v in batch.items()}
+    return batch[start:stop]
+
+
+def _concat(parts: list[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], Mapping):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def rebatch_body(rows: int, drop_last: bool) -> Body:
+    def rebatch(batches: Iterator[Any]) -> Iterator[Any]:
+        parts: list[Any] = []
+        held = 0
+        for batch in batches:
+            start, n = 0, _rows(batch)
+            while start < n:
+                take = min(rows - held, n - start)
+                parts.append(_slice(batch, start, start + take))
+                held += take
+                start += take
+                if held == rows:
+                    yield _concat(parts)
+                    parts, held = [], 0
+        if parts and not drop_last:
+            yield _concat(parts)
+
+    return rebatch
+
+
+def _split(batch: Any) -> Iterable[Any]:
+    if isinstance(batch, Mapping):
+        keys = list(batch)
+        return (dict(zip(keys, row, strict=True)) for row in zip(*batch.values(), strict=True))
+    if isinstance(batch, tuple) and not hasattr(batch, "_fields"):
+        return zip(*batch, strict=True)
+    return iter(batch)  # type: ignore[no-any-return]
+
+
+def unbatch_body(batches: Iterator[Any]) -> Iterator[Any]:
+    for batch in batches:
+        yield from _split(batch)
+
+
+def take_body(n: int) -> Body:
+    def take(items: Iterator[Any]) -> Iterator[Any]:
+        if n == 0:
+            return
+        for count, item in enumerate(items, 1):
+            yield item
+            if count == n:
+                return
+
+    return take
+
+
+def identity_body(items: Iterator[Any]) -> Iterator[Any]:
+    yield from items

@@ -1,0 +1,593 @@
+"""Streams: the public handles on a graph, and runs of them.
+
+Owns: `Stream` (immutable; each method adds a stage downstream), `Run` (one execution: iterate,
+report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the graph-level
+`run` and `to_dot`, and `rng`. Builds on the runner; nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, TypedDict, Unpack
+
+import numpy as np
+
+from . import _graph
+from ._backends._base import cache_rng, item_entropy, item_rng
+from ._errors import GraphError, HeadraceError
+from ._graph import Node, Plan, compile_plan
+from ._monitor import Progress, Report
+from ._runner import Execution
+from ._stages import (
+    StageOptions,
+    batch_body,
+    callable_name,
+    check_callable,
+    check_count,
+    identity_body,
+    rebatch_body,
+    take_body,
+    unbatch_body,
+)
+from ._transport import END
+
+
+class StageKwargs(TypedDict, total=False):
+    """The options every stage takes (see `Stream.map`)."""
+
+    workers: int
+    backend: str
+    ordered: bool
+    maxsize: int | None
+    on_error: str
+    retries: int
+    timeout: float | None
+    name: str | None
+
+
+class Stream:
+    """A lazy, immutable handle on one output of a graph node.
+
+    Building a stream runs nothing; each method returns a new stream downstream of this one.
+    Using a stream twice broadcasts: every branch sees every item.
+
+    Stage options (keyword-only, the same on every stage): ``workers`` (default 1),
+    ``backend`` (``"thread"``, or ``"inline"``: no pool, the stage runs in the thread that
+    feeds it), ``ordered`` (outputs in input order, default True), ``maxsize`` (capacity of the
+    output channel), ``on_error`` (``"raise"`` or ``"skip"``: record the item and go on),
+    ``retries`` (calls again an item whose call raised), ``timeout`` (seconds per item), and
+    ``name`` (shown in reports, diagrams and errors).
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> hr.from_iterable(range(6)).map(lambda x: x * x, workers=2).filter(lambda x: x % 2).collect()
+    [1, 9, 25]
+    """
+
+    __slots__ = ("_node", "_port")
+
+    def __init__(self, node: Node, port: int = 0) -> None:
+        self._node = node
+        self._port = port
+
+    def __repr__(self) -> str:
+        opts = self._node.options
+        return f"<Stream {self._node.kind} {self._node.label!r} ({opts.backend} x {opts.workers})>"
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _add(self, kind: str, fn: Any, options: StageOptions, *, ports: int = 1) -> Node:
+        if self._node.kind == "sink":
+            raise GraphError(
+                f"cannot add a {kind} stage after sink {self._node.label!r}: a sink yields "
+                "nothing; put the sink last"
+            )
+        label = options.name or callable_name(fn, kind)
+        return Node(kind, fn, options, ((self._node, self._port),), ports=ports, label=label)
+
+    def _call_stage(self, kind: str, fn: Any, options: StageKwargs) -> Stream:
+        check_callable(fn)
+        return Stream(self._add(kind, fn, StageOptions(**options)))
+
+    def _builtin(self, kind: str, body: Any, name: str | None, maxsize: int | None) -> Stream:
+        opts = StageOptions(backend="inline", name=name or kind, maxsize=maxsize)
+        return Stream(self._add(kind, body, opts))
+
+    def map(self, fn: Callable[[Any], Any], **options: Unpack[StageKwargs]) -> Stream:
+        """Call ``fn`` on every item (1 -> 1). A class is instantiated once per worker.
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> hr.from_iterable([1, 2, 3]).map(str, workers=2).collect()
+        ['1', '2', '3']
+        """
+        return self._call_stage("map", fn, options)
+
+    def filter(self, pred: Callable[[Any], Any], **options: Unpack[StageKwargs]) -> Stream:
+        """Keep the items for which ``pred`` is true (1 -> 0/1).
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> hr.from_iterable(range(5)).filter(lambda x: x > 2).collect()
+        [3, 4]
+        """
+        check_callable(pred, "pred")
+        return Stream(self._add("filter", pred, StageOptions(**options)))
+
+    def flat_map(
+        self, fn: Callable[[Any], Iterable[Any]], **options: Unpack[StageKwargs]
+    ) -> Stream:
+        """Call ``fn`` on every item and yield each element of the iterable it returns (1 -> n).
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> hr.from_iterable([1, 2]).flat_map(lambda x: [x] * x).collect()
+        [1, 2, 2]
+        """
+        return self._call_stage("flat_map", fn, options)
+
+    def transform(
+        self, fn: Callable[[Iterator[Any]], Iterable[Any]], **options: Unpack[StageKwargs]
+    ) -> Stream:
+        """``fn`` takes an iterator of inputs and yields outputs (stateful, n -> m).
+
+        With ``workers > 1`` each worker runs ``fn`` over its own share of the stream. Under
+        ``on_error="skip"`` a failing ``fn`` is recorded and started again on the items that
+        follow. ``retries`` and ``timeout`` do not apply: an output belongs to no single item.
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> def running_sum(items):
+        ...     total = 0
+        ...     for x in items:
+        ...         total += x
+        ...         yield total
+        >>> hr.from_iterable([1, 2, 3]).transform(running_sum).collect()
+        [1, 3, 6]
+        """
+        stream = self._call_stage("transform", fn, options)
+        opts = stream._node.options
+        if opts.retries:
+            raise ValueError("retries does not apply to transform: its outputs have no one item")
+        if opts.timeout is not None:
+            raise ValueError("timeout does not apply to transform: its outputs have no one item")
+        return stream
+
+    def sink(self, fn: Callable[[Any], Any], **options: Unpack[StageKwargs]) -> Stream:
+        """Call ``fn`` on every item for its effect; the stream it returns yields nothing.
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> seen = []
+        >>> report = hr.from_iterable("ab").sink(seen.append).run()
+        >>> seen
+        ['a', 'b']
+        """
+        return self._call_stage("sink", fn, options)
+
+    def route(
+        self, fn: Callable[[Any], Any], n: int, **options: Unpack[StageKwargs]
+    ) -> tuple[Stream, ...]:
+        """Split into ``n`` branches: ``fn(item)`` returns a branch index, an iterable of
+        indices, or None (drop the item).
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> evens, odds = hr.from_iterable(range(6)).route(lambda x: x % 2, 2)
+        >>> sorted(hr.merge(evens.map(lambda x: -x), odds).collect())
+        [-4, -2, 0, 1, 3, 5]
+        """
+        check_callable(fn)
+        count = check_count("n", n)
+        node = self._add("route", fn, StageOptions(**options), ports=count)
+        return tuple(Stream(node, port) for port in range(count))
+
+    def batch(
+        self,
+        size: int,
+        *,
+        drop_last: bool = False,
+        collate: Any = "auto",
+        name: str | None = None,
+        maxsize: int | None = None,
+    ) -> Stream:
+        """Group items into batches of ``size``.
+
+        ``collate="auto"`` stacks arrays (and dicts / tuples of arrays) along a new axis 0 and
+        makes lists of anything else; ``None`` always makes lists; a callable gets the list.
+
+        Examples
+        --------
+        >>> import headrace as hr, numpy as np
+        >>> hr.from_iterable(range(5)).batch(2).collect()
+        [[0, 1], [2, 3], [4]]
+        >>> hr.from_iterable([np.zeros(3)] * 4).batch(4).collect()[0].shape
+        (4, 3)
+        """
+        size = check_count("size", size)
+        if not (collate == "auto" or collate is None or callable(collate)):
+            raise TypeError(f"collate must be 'auto', None or a callable, got {collate!r}")
+        return self._builtin("batch", batch_body(size, drop_last, collate), name, maxsize)
+
+    def rebatch(
+        self,
+        rows: int,
+        *,
+        drop_last: bool = False,
+        name: str | None = None,
+        maxsize: int | None = None,
+    ) -> Stream:
+        """Re-chunk array (or dict-of-array) batches of any size into ``rows`` rows each.
+
+        Examples
+        --------
+        >>> import headrace as hr, numpy as np
+        >>> batches = [np.arange(3), np.arange(4)]
+        >>> [b.tolist() for b in hr.from_iterable(batches).rebatch(2).collect()]
+        [[0, 1], [2, 0], [1, 2], [3]]
+        """
+        rows = check_count("rows", rows)
+        return self._builtin("rebatch", rebatch_body(rows, drop_last), name, maxsize)
+
+    def unbatch(self, *, name: str | None = None, maxsize: int | None = None) -> Stream:
+        """Split batches back into items: the inverse of `batch` and `rebatch`.
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> hr.from_iterable([[1, 2], [3]]).unbatch().collect()
+        [1, 2, 3]
+        """
+        return self._builtin("unbatch", unbatch_body, name, maxsize)
+
+    def take(self, n: int, *, name: str | None = None) -> Stream:
+        """At most ``n`` items; then the stages upstream stop cleanly.
+
+        Examples
+        --------
+        >>> import headrace as hr, itertools
+        >>> hr.from_iterable(itertools.count()).map(lambda x: x * 2).take(3).collect()
+        [0, 2, 4]
+        """
+        n = check_count("n", n, minimum=0)
+        return self._builtin("take", take_body(n), name, None)
+
+    def prefetch(self, n: int, *, name: str | None = None) -> Stream:
+        """A buffer of ``n`` items, so the stages upstream run ahead of the consumer.
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> hr.from_iterable(range(3)).prefetch(8).collect()
+        [0, 1, 2]
+        """
+        n = check_count("n", n)
+        return self._builtin("prefetch", identity_body, name, n)
+
+    # --- running ----------------------------------------------------------------------------
+
+    def open(self, **run_options: Any) -> Run:
+        """Start a run: iterate it, read ``report()``, close it (or use it in a ``with``).
+
+        Run options: ``progress=False`` (live per-stage lines on stderr), ``seed=None`` (base
+        of `rng`), ``engine=None`` (the local engine), ``memory=None`` (a byte budget).
+
+        Examples
+        --------
+        >>> import headrace as hr
+        >>> with hr.from_iterable(range(3)).map(abs).open() as run:
+        ...     items = list(run)
+        >>> items, run.report().stage("abs").items_out
+        ([0, 1, 2], 3)
+        """
+        return Run([self], **run_options)
+
+    def __iter__(self) -> Iterator[Any]:
+        run = self.open()
+        try:
+            yield from run
+        finally:
+            run.close()
+
+    def collect(self, **run_options: Any) -> list[Any]:
+        """Run the stream and return its items as a list."""
+        with self.open(**run_options) as run:
+            return list(run)
+
+    def run(self, **run_options: Any) -> Report:
+        """Run the stream to the end, discarding its items, and return the report."""
+        with self.open(**run_options) as execution:
+            execution.drain()
+        return execution.report()
+
+    def to_dot(self, report: Report | None = None) -> str:
+        """Graphviz DOT text of the graph behind this stream, annotated with ``report``."""
+        return to_dot(self, report=report)
+
+
+def _plan(streams: Iterable[Stream]) -> Plan:
+    return compile_plan([(s._node, s._port) for s in streams])
+
+
+def _figures(report: Report | None) -> dict[str, dict[str, Any]] | None:
+    return None if report is None else {s.name: s.to_dict() for s in report.stages}
+
+
+class Run:
+    """One run of one or more streams: an iterator over the first stream's items.
+
+    Closing (the end of the items, ``close()``, leaving a ``with`` block) stops every worker.
+    """
+
+    def __init__(
+        self,
+        streams: list[Stream],
+        *,
+        progress: bool = False,
+        seed: int | None = None,
+        engine: Any = None,
+        memory: int | str | None = None,
+    ) -> None:
+        _check_run_options(seed, engine, memory)
+        self.plan = _plan(streams)
+        sources = {node: _source(node) for node in self.plan.nodes if node.kind == "source"}
+        self._execution = Execution(
+            self.plan, [(s._node, s._port) for s in streams], sources=sources, seed=seed
+        )
+        self._progress: Progress | None = None
+        if progress:
+            self._progress = Progress(self._execution.snapshot, file=sys.stderr)
+        self._execution.start()
+        if self._progress is not None:
+            self._progress.start()
+
+    def __iter__(self) -> Run:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next_of(0)
+
+    def next_of(self, outlet: int) -> Any:
+        try:
+            item = self._execution.get(outlet)
+        except BaseException:
+            self.close()
+            raise
+        if item is END:
+            if outlet == len(self._execution.outlets) - 1:
+                self.close()
+            raise StopIteration
+        return item
+
+    def drain(self) -> None:
+        for outlet in range(len(self._execution.outlets)):
+            while True:
+                try:
+                    self.next_of(outlet)
+                except StopIteration:
+                    break
+
+    def close(self) -> None:
+        """Stop every stage and wait (up to 5 s) for its workers."""
+        self._execution.close()
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        execution = getattr(self, "_execution", None)
+        if execution is not None and not execution.closed:
+            execution.state.cancel()  # no joins here: GC may run in any thread
+
+    def report(self) -> Report:
+        """The figures of this run so far (final once the run has ended)."""
+        wall, stages = self._execution.snapshot()
+        figures = {s.name: s.to_dict() for s in stages}
+        plan = self.plan
+        return Report(
+            wall,
+            stages,
+            list(self._execution.errors),
+            dot=lambda _report: _graph.to_dot(plan, figures),
+        )
+
+
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: int | str) -> int:
+    """A byte count from an int or a string such as ``"512MB"`` or ``"2GiB"``.
+
+    Examples
+    --------
+    >>> parse_bytes("2GB"), parse_bytes("1.5KiB"), parse_bytes(10)
+    (2000000000, 1536, 10)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _BYTES.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"memory must be a positive byte count such as '2GB', got {value!r}")
+    base = 1024 if (match.group(3) or "").upper() == "IB" else 1000
+    return int(float(match.group(1)) * base ** "_KMGT".index(match.group(2).upper() or "_"))
+
+
+def _check_run_options(seed: Any, engine: Any, memory: Any) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if engine is not None:
+        raise ValueError(
+            f"engine={engine!r}: only the local engine (engine=None) exists in this version"
+        )
+    if memory is not None:
+        parse_bytes(memory)
+
+
+def _source(node: Node) -> Callable[[], Iterable[Any]]:
+    iterable = node.args["iterable"]
+    if node.args["one_shot"]:
+        if node.args.get("used"):
+            raise HeadraceError(
+                "this stream reads a one-shot iterator that an earlier run already consumed; "
+                "pass a list, a range or another re-iterable object to run it more than once"
+            )
+        node.args["used"] = True
+    return lambda: iterable
+
+
+def from_iterable(iterable: Iterable[Any], *, name: str = "source") -> Stream:
+    """A stream over ``iterable``. A re-iterable one (list, range, array) is iterated afresh
+    on every run; a one-shot iterator can run once.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> hr.from_iterable(range(3)).collect()
+    [0, 1, 2]
+    """
+    if not isinstance(iterable, Iterable):
+        raise TypeError(f"iterable must be iterable, got {type(iterable).__name__}")
+    one_shot = iter(iterable) is iterable
+    node = Node(
+        "source",
+        None,
+        StageOptions(backend="inline", name=name),
+        label=name,
+        args={"iterable": iterable, "one_shot": one_shot},
+    )
+    return Stream(node)
+
+
+def _combine(kind: str, streams: tuple[Stream, ...], name: str | None) -> Node:
+    if not streams:
+        raise ValueError(f"{kind} needs at least one stream")
+    for stream in streams:
+        if not isinstance(stream, Stream):
+            raise TypeError(f"{kind} takes streams, got {type(stream).__name__}")
+        if stream._node.kind == "sink":
+            raise GraphError(f"cannot {kind} sink {stream._node.label!r}: it yields nothing")
+    capacity = max(s._node.options.capacity for s in streams)
+    opts = StageOptions(backend="inline", name=name or kind, maxsize=capacity)
+    inputs = tuple((s._node, s._port) for s in streams)
+    return Node(kind, identity_body, opts, inputs, label=opts.name or kind)
+
+
+def merge(*streams: Stream, name: str | None = None) -> Stream:
+    """Fan-in: the items of every stream, interleaved as they arrive, each in its own order.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> sorted(hr.merge(hr.from_iterable([1, 2]), hr.from_iterable([3])).collect())
+    [1, 2, 3]
+    """
+    return Stream(_combine("merge", streams, name))
+
+
+def zip(*streams: Stream, name: str | None = None) -> Stream:
+    """Tuples of the branches' outputs for the same input item (a parallel feature union).
+
+    Every stream must be a 1 -> 1 branch of one common stream, else `GraphError`.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> xs = hr.from_iterable([1, 2, 3])
+    >>> hr.zip(xs.map(lambda x: x * 10), xs.map(str)).collect()
+    [(10, '1'), (20, '2'), (30, '3')]
+    """
+    node = _combine("zip", streams, name)
+    _graph.check_zip(node)
+    return Stream(node)
+
+
+def _discard(item: Any) -> None:
+    """Drops an item (the sink behind a plain terminal stream of `run`)."""
+
+
+def run(*streams: Stream, **run_options: Any) -> Report:
+    """Run a graph with one or more terminal streams (usually sinks) to the end.
+
+    The items of a terminal stream that is not a sink are discarded.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> got = []
+    >>> xs = hr.from_iterable(range(4))
+    >>> report = hr.run(xs.sink(got.append), xs.map(lambda x: -x))
+    >>> got, report.stage("source").items_out
+    ([0, 1, 2, 3], 4)
+    """
+    if not streams:
+        raise ValueError("run needs at least one stream")
+    for stream in streams:
+        if not isinstance(stream, Stream):
+            raise TypeError(f"run takes streams, got {type(stream).__name__}")
+    # Items of a plain terminal stream are discarded by a fused sink, so that no outlet waits
+    # for another (a broadcast would otherwise block on the outlet read last).
+    terminals = [
+        s if s._node.kind == "sink" else s.sink(_discard, backend="inline", name="discard")
+        for s in streams
+    ]
+    with Run(terminals, **run_options) as execution:
+        execution.drain()
+    return execution.report()
+
+
+def to_dot(*streams: Stream, report: Report | None = None) -> str:
+    """Graphviz DOT text of the graph behind ``streams``, annotated with ``report``.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> print(hr.from_iterable([1]).map(abs).to_dot().splitlines()[0])
+    digraph headrace {
+    """
+    return _graph.to_dot(_plan(streams), _figures(report))
+
+
+def rng() -> np.random.Generator:
+    """A NumPy generator for the item being processed.
+
+    Inside a stage it is seeded from (the run's ``seed``, the stage's position in the graph,
+    the item's index), so draws do not depend on worker count or scheduling. Outside a stage
+    it is a fresh, unseeded generator.
+
+    Examples
+    --------
+    >>> import headrace as hr
+    >>> draw = lambda x: float(hr.rng().random())
+    >>> a = hr.from_iterable(range(4)).map(draw, workers=2).collect(seed=7)
+    >>> b = hr.from_iterable(range(4)).map(draw, workers=1).collect(seed=7)
+    >>> a == b
+    True
+    """
+    entropy = item_entropy()
+    if entropy is None:
+        return np.random.default_rng()
+    generator = item_rng()
+    if generator is None:
+        generator = np.random.default_rng(list(entropy))
+        cache_rng(generator)
+    return generator  # type: ignore[no-any-return]

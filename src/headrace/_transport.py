@@ -1,0 +1,179 @@
+"""Channels: the bounded queues that join stages, and the run-wide cancel switch.
+
+Owns: `Channel` (bounded, many producers, end-of-stream once every producer closed, a consumer
+that can detach), `ZipChannel` (joins the items of several inputs by item index), `RunState`
+(cancelling wakes every waiter), `Cancelled` and `END`. Items are ``(index, value)`` pairs.
+Imports nothing from headrace but `_errors`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Final
+
+
+class _End:
+    def __repr__(self) -> str:
+        return "END"
+
+
+#: Returned by `Channel.get` once every producer has closed and the channel is empty.
+END: Final = _End()
+
+
+class Cancelled(Exception):
+    """Raised inside headrace's own threads when the run is being cancelled."""
+
+
+class StopStage(Exception):
+    """Raised inside a stage when nobody reads its outputs any more (e.g. after a take)."""
+
+
+class RunState:
+    """The cancel switch of one run: cancelling wakes every registered wait at once."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._lock = threading.Lock()
+        self._conditions: list[threading.Condition] = []
+
+    def register(self, *conditions: threading.Condition) -> None:
+        with self._lock:
+            self._conditions.extend(conditions)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            conditions = list(self._conditions)
+        for condition in conditions:
+            with condition:
+                condition.notify_all()
+
+
+class Channel:
+    """A bounded FIFO of ``(index, value)`` items between stages.
+
+    ``put`` blocks while the channel is full (backpressure) and returns False once the
+    consumer has detached (the item is discarded); ``get`` blocks while it is empty and
+    returns `END` after every producer has closed. Both raise `Cancelled` when the run is
+    cancelled. Seconds spent waiting are kept in ``blocked_s`` (producers) and ``starved_s``
+    (the consumer).
+    """
+
+    def __init__(self, capacity: int, state: RunState, *, producers: int = 1) -> None:
+        self.capacity = capacity
+        self._state = state
+        self._items: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)
+        state.register(self._not_full, self._not_empty)
+        self._open = producers
+        self.detached = False
+        self.discarded = 0
+        self.peak_fill = 0
+        self.blocked_s = 0.0
+        self.starved_s = 0.0
+
+    @property
+    def fill(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any, producer: int = 0) -> bool:
+        with self._not_full:
+            if len(self._items) >= self.capacity and not self.detached:
+                start = time.perf_counter()
+                while len(self._items) >= self.capacity and not self.detached:
+                    if self._state.cancelled:
+                        raise Cancelled
+                    self._not_full.wait()
+                self.blocked_s += time.perf_counter() - start
+            if self._state.cancelled:
+                raise Cancelled
+            if self.detached:
+                self.discarded += 1
+                return False
+            self._add(item, producer)
+            self._not_empty.notify()
+            return True
+
+    def _add(self, item: Any, producer: int) -> None:
+        self._items.append(item)
+        if len(self._items) > self.peak_fill:
+            self.peak_fill = len(self._items)
+
+    def get(self) -> Any:
+        with self._not_empty:
+            if not self._items and self._open:
+                start = time.perf_counter()
+                while not self._items and self._open:
+                    if self._state.cancelled:
+                        raise Cancelled
+                    self._not_empty.wait()
+                self.starved_s += time.perf_counter() - start
+            if self._state.cancelled:
+                raise Cancelled
+            if not self._items:
+                return END
+            item = self._items.popleft()
+            self._not_full.notify()
+            return item
+
+    def close(self, producer: int = 0) -> None:
+        """One producer has finished."""
+        with self._lock:
+            self._open -= 1
+            self._not_empty.notify_all()
+
+    def detach(self) -> int:
+        """The consumer stops reading: drop what is queued and every later put.
+
+        Returns how many queued items were dropped."""
+        with self._lock:
+            dropped = len(self._items)
+            self.discarded += dropped
+            self._items.clear()
+            self.detached = True
+            self._not_full.notify_all()
+            return dropped
+
+
+class ZipChannel(Channel):
+    """Joins the items of ``producers`` inputs that carry the same index into one tuple.
+
+    Only complete tuples count towards the capacity: an input that runs ahead is held back by
+    the bounded channels upstream of the zip, whose inputs all branch from one stream.
+    """
+
+    def __init__(self, capacity: int, state: RunState, *, producers: int) -> None:
+        super().__init__(capacity, state, producers=producers)
+        self._width = producers
+        self._partial: dict[Any, list[Any]] = {}
+        self._missing: dict[Any, int] = {}
+
+    def _add(self, item: Any, producer: int) -> None:
+        key, value = item
+        parts = self._partial.get(key)
+        if parts is None:
+            parts = self._partial[key] = [None] * self._width
+            self._missing[key] = self._width
+        parts[producer] = value
+        self._missing[key] -= 1
+        if self._missing[key] == 0:
+            del self._partial[key], self._missing[key]
+            super()._add((key, tuple(parts)), producer)
+
+    def put(self, item: Any, producer: int = 0) -> bool:
+        if item[0] in self._partial:  # completing a tuple never needs room
+            with self._lock:
+                if self._state.cancelled:
+                    raise Cancelled
+                if self.detached:
+                    self.discarded += 1
+                    return False
+                self._add(item, producer)
+                self._not_empty.notify()
+                return True
+        return super().put(item, producer)

@@ -1,0 +1,63 @@
+"""Plain records shared by every layer: the per-stage figures and the error records.
+
+Owns: `StageSnapshot` (a frozen copy of one stage's counters), `ErrorRecord`, literal types of
+the stage options. Imports nothing from headrace but `_errors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+BackendName = Literal["inline", "thread", "process"]
+OnError = Literal["raise", "skip"]
+
+BACKENDS: tuple[str, ...] = ("inline", "thread", "process")
+ON_ERROR: tuple[str, ...] = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class StageSnapshot:
+    """Figures of one stage at one moment of a run.
+
+    ``items_in`` counts items the stage took from its input; each of them ends as outputs,
+    a drop (filter, route to None), an error or a cancellation (the run closed early), so
+    ``items_in == completed + dropped + errors + cancelled`` once the stage has finished, where
+    ``completed`` counts inputs whose outputs left the stage.
+    """
+
+    name: str
+    kind: str
+    backend: str
+    workers: int
+    items_in: int
+    items_out: int
+    completed: int
+    dropped: int
+    errors: int
+    cancelled: int
+    busy_s: float
+    starved_s: float
+    blocked_s: float
+    items_per_s: float
+    fill: int
+    peak_fill: int
+    capacity: int
+    done: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One item that failed: the stage, the item's index, and what was raised."""
+
+    stage: str
+    index: int | None
+    type: str
+    message: str
+    traceback: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,77 @@
+"""Fixtures of the backend suite: every test here runs once per backend.
+
+``opts`` is the dict of stage options that selects the backend; a test passes it to the
+stages it exercises (``stream.map(fn, **opts)``). Adding a backend is one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+BACKENDS = [
+    pytest.param({"backend": "inline"}, id="inline"),
+    pytest.param({"backend": "thread", "workers": 3}, id="thread"),
+    # pytest.param({"backend": "process", "workers": 2}, id="process"),
+]
+
+#: How long the workers of a closed run may take to go away (the contract says within 1 s).
+THREADS_GONE_S = 1.0
+
+
+@pytest.fixture(params=BACKENDS)
+def opts(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Stage options selecting one backend (a fresh dict: tests may extend it)."""
+    return dict(request.param)
+
+
+@pytest.fixture
+def needs_shared_state(opts: dict[str, Any]) -> None:
+    """Skip on backends whose workers do not share this process's memory (the test's
+    callables record into Python objects of the test, e.g. a list or a threading.Event)."""
+    if opts["backend"] not in ("inline", "thread"):
+        pytest.skip("the test's callables share state with the test process")
+
+
+def headrace_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("headrace"))
+
+
+@pytest.fixture
+def wait_no_threads() -> Callable[..., list[str]]:
+    """A function that polls (bounded) until no ``headrace*`` thread is alive and returns the
+    names of those still alive at the deadline (``[]`` when all are gone)."""
+
+    def wait(timeout: float = THREADS_GONE_S) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            names = headrace_threads()
+            if not names or time.monotonic() >= deadline:
+                return names
+            time.sleep(0.01)
+
+    return wait
+
+
+@pytest.fixture
+def conserved() -> Callable[..., None]:
+    """A function asserting the conservation law on every stage of a report:
+    ``items_in == completed + dropped + errors + cancelled``; with ``full=True`` (the run was
+    drained, no early exit) also ``cancelled == 0``."""
+
+    def check(report: Any, *, full: bool = True) -> None:
+        assert report.stages, "the report has no stages"
+        for s in report.stages:
+            total = s.completed + s.dropped + s.errors + s.cancelled
+            assert s.items_in == total, (
+                f"stage {s.name!r}: items_in={s.items_in} but completed={s.completed} "
+                f"+ dropped={s.dropped} + errors={s.errors} + cancelled={s.cancelled} = {total}"
+            )
+            if full:
+                assert s.cancelled == 0, f"stage {s.name!r} cancelled {s.cancelled} items"
+
+    return check

@@ -1,0 +1,216 @@
+"""Leak checks run around every test under ``tests/`` (RELIABILITY.md, guarantee 4).
+
+An autouse fixture fails a test that leaves behind any of: threads, child processes (and their
+descendants), ``/dev/shm`` entries, or ``headrace*`` / ``tmp*`` entries in the temp dir. After
+the test it allows ``GRACE_S`` for things to go away, then reports what is still there.
+
+The session gets a private temp dir (``TMPDIR`` and ``tempfile.tempdir``; child processes inherit
+it) so that files other programs on this machine create in ``/tmp`` are never taken for leaks.
+``/dev/shm`` cannot be redirected: a concurrent test run on the same machine that leaks a
+segment can be reported here too.
+
+Hangs: pytest-timeout fails a test after ``timeout`` seconds and faulthandler dumps every
+thread's stack after ``faulthandler_timeout`` (both set in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.util
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: Seconds a test's threads, processes and files get to go away after it ends. RELIABILITY.md
+#: promises one second after close; twice that absorbs a loaded CI machine.
+GRACE_S = 2.0
+#: Seconds between two looks during the grace period.
+POLL_S = 0.02
+
+#: Processes that a start method or the standard library keeps for the program's lifetime
+#: (RELIABILITY.md allows them): children of this process whose /proc/PID/cmdline holds one of
+#: these. Their own children (the workers a forkserver forks) are checked like any other.
+LONG_LIVED_HELPERS = ("forkserver", "resource_tracker")
+
+SHM_DIR = Path("/dev/shm")
+PROC_DIR = Path("/proc")
+
+# A private temp dir for the session. pytest's own tmp_path stays under the system temp dir.
+_SYSTEM_TMP = tempfile.gettempdir()
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", _SYSTEM_TMP)
+SESSION_TMP = tempfile.mkdtemp(prefix="headrace-tests-", dir=_SYSTEM_TMP)
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = SESSION_TMP
+
+
+# Removed at exit after multiprocessing's own clean-up (its finalizers run by descending
+# priority; the one that removes its `pymp-*` dir from our temp dir has priority -100).
+multiprocessing.util.Finalize(
+    None, shutil.rmtree, args=(SESSION_TMP,), kwargs={"ignore_errors": True}, exitpriority=-1000
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# What exists now
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    start: int  # start time in clock ticks since boot: (pid, start) survives pid reuse
+    state: str
+    cmdline: str
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.pid, self.start)
+
+
+def _read_proc(pid: int) -> Proc | None:
+    try:
+        stat = (PROC_DIR / str(pid) / "stat").read_text(errors="replace")
+        raw = (PROC_DIR / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None  # gone meanwhile
+    # The command name (field 2) is in parentheses and may itself hold spaces or ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return Proc(pid, int(fields[1]), int(fields[19]), fields[0], cmdline)
+
+
+def _descendants() -> list[Proc]:
+    """Every live process below this one, except the long-lived helpers themselves."""
+    if not PROC_DIR.is_dir():
+        return []
+    procs = [p for e in os.scandir(PROC_DIR) if e.name.isdigit() and (p := _read_proc(int(e.name)))]
+    children: dict[int, list[Proc]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p)
+    me = os.getpid()
+    found: list[Proc] = []
+    todo = [me]
+    while todo:
+        for p in children.get(todo.pop(), []):
+            todo.append(p.pid)
+            if not (p.ppid == me and any(h in p.cmdline for h in LONG_LIVED_HELPERS)):
+                found.append(p)
+    return found
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return set(os.listdir(SHM_DIR))
+    except OSError:
+        return set()
+
+
+def _temp_entries() -> set[str]:
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:
+        return set()
+    return {
+        n for n in names if n.startswith(("headrace", "tmp")) and not n.startswith("pytest-of-")
+    }
+
+
+@dataclass
+class Snapshot:
+    threads: set[threading.Thread]
+    procs: set[tuple[int, int]]
+    shm: set[str]
+    temp: set[str]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(
+            set(threading.enumerate()),
+            {p.key for p in _descendants()},
+            _shm_entries(),
+            _temp_entries(),
+        )
+
+
+@dataclass
+class Leaks:
+    threads: list[threading.Thread]
+    procs: list[Proc]
+    shm: list[str]
+    temp: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.threads or self.procs or self.shm or self.temp)
+
+    @classmethod
+    def since(cls, before: Snapshot) -> Leaks:
+        return cls(
+            [t for t in threading.enumerate() if t not in before.threads and t.is_alive()],
+            [p for p in _descendants() if p.key not in before.procs],
+            sorted(_shm_entries() - before.shm),
+            sorted(_temp_entries() - before.temp),
+        )
+
+    def describe(self) -> str:
+        lines = [f"the test left these behind ({GRACE_S:g} s after it ended):"]
+        frames = sys._current_frames()
+        for t in self.threads:
+            where = ""
+            frame = frames.get(t.ident) if t.ident is not None else None
+            if frame is not None:
+                last = traceback.extract_stack(frame)[-2:]
+                where = " at " + " <- ".join(
+                    f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(last)
+                )
+            daemon = "daemon " if t.daemon else ""
+            lines.append(f"  thread: {t.name!r} ({daemon}ident {t.ident}){where}")
+        for p in self.procs:
+            lines.append(
+                f"  process: pid {p.pid} (parent {p.ppid}, state {p.state}): {p.cmdline[:200]}"
+            )
+        for name in self.shm:
+            lines.append(f"  shared memory: {SHM_DIR / name}")
+        for name in self.temp:
+            lines.append(f"  temp entry: {Path(tempfile.gettempdir()) / name}")
+        return "\n".join(lines)
+
+
+def _kill(procs: list[Proc]) -> None:
+    """Stop leaked processes so that they cannot disturb the tests that follow."""
+    for p in procs:
+        with contextlib.suppress(OSError):
+            os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        if p.ppid == os.getpid():
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixture
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves threads, processes, shared memory or temp entries behind."""
+    before = Snapshot.take()
+    yield
+    deadline = time.monotonic() + GRACE_S
+    leaks = Leaks.since(before)
+    while leaks and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        leaks = Leaks.since(before)
+    if leaks:
+        message = leaks.describe()
+        _kill(leaks.procs)
+        pytest.fail(message, pytrace=False)
