@@ -23,7 +23,7 @@ from ._backends._inline import InlineBackend
 from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._graph import Node, Plan
-from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS
+from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions, min_items
 from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel
 from ._types import ErrorRecord, StageSnapshot
 
@@ -390,9 +390,10 @@ class Execution:
         for node, runner in self.runners.items():
             if node.kind == "source" or fused(node):
                 continue
-            capacity = max(parent.options.capacity for parent, _ in node.inputs)
-            kind = ZipChannel if node.kind == "zip" else Channel
-            runner.inbox = kind(capacity, self.state, producers=len(node.inputs))
+            runner.inbox = self._channel(
+                [parent.options for parent, _ in node.inputs],
+                ZipChannel if node.kind == "zip" else Channel,
+            )
         for node, runner in self.runners.items():
             for port, consumers in enumerate(self.plan.consumers[node]):
                 for consumer, slot in consumers:
@@ -405,9 +406,20 @@ class Execution:
                         inlet = Inlet(target.inbox, slot)
                     runner.outputs[port].append(inlet)
         for node, port in terminals:
-            channel = Channel(node.options.capacity, self.state)
+            channel = self._channel([node.options], Channel)
             self.runners[node].outputs[port].append(Inlet(channel, 0))
             self.outlets.append(channel)
+
+    def _channel(self, feeders: list[StageOptions], kind: type[Channel]) -> Channel:
+        """The channel fed by stages with these options: the largest of their bounds."""
+        bounds = [o.byte_bound for o in feeders]
+        return kind(
+            max(o.capacity for o in feeders),
+            self.state,
+            producers=len(feeders),
+            byte_bound=None if None in bounds else max(b for b in bounds if b is not None),
+            min_items=max(min_items(o.workers) for o in feeders),
+        )
 
     def start(self) -> None:
         """Start every stage, consumers before producers, sources last."""

@@ -28,9 +28,17 @@ KEY_KEEPING = frozenset({"map", "filter", "sink", "route", "take", "prefetch", "
 ONE_TO_ONE = frozenset({"map", "prefetch"})
 
 
-def default_maxsize(workers: int) -> int:
-    """Output-channel capacity: two items per worker keep every worker fed across a hand-off
-    without letting memory grow with the stream (the same rule as torch's prefetch_factor=2)."""
+#: Default output-channel capacity in items. Below ~64, cheap items pay a thread switch per
+#: item (measured: a bare source hop runs at 46k items/s with 2 slots, 410k with 64).
+AUTO_ITEMS = 64
+#: With the default capacity, array data queued in one channel is also held under this many
+#: bytes (never fewer than two items per worker), so large arrays do not fill 64 slots.
+AUTO_BYTES = 64 * 2**20
+
+
+def min_items(workers: int) -> int:
+    """Items a channel always accepts: two per worker keep every worker fed across a hand-off
+    (the rule behind torch's prefetch_factor=2)."""
     return max(2, 2 * workers)
 
 
@@ -75,7 +83,15 @@ class StageOptions:
 
     @property
     def capacity(self) -> int:
-        return self.maxsize if self.maxsize is not None else default_maxsize(self.workers)
+        """Output-channel capacity in items."""
+        return (
+            self.maxsize if self.maxsize is not None else max(AUTO_ITEMS, min_items(self.workers))
+        )
+
+    @property
+    def byte_bound(self) -> int | None:
+        """Bytes of array data the output channel holds at most (None: items only)."""
+        return None if self.maxsize is not None else AUTO_BYTES
 
 
 def _check_int(arg: str, value: object, *, minimum: int) -> None:

@@ -486,8 +486,7 @@ def _combine(kind: str, streams: tuple[Stream, ...], name: str | None) -> Node:
             raise TypeError(f"{kind} takes streams, got {type(stream).__name__}")
         if stream._node.kind == "sink":
             raise GraphError(f"cannot {kind} sink {stream._node.label!r}: it yields nothing")
-    capacity = max(s._node.options.capacity for s in streams)
-    opts = StageOptions(backend="inline", name=name or kind, maxsize=capacity)
+    opts = StageOptions(backend="inline", name=name or kind)
     inputs = tuple((s._node, s._port) for s in streams)
     return Node(kind, identity_body, opts, inputs, label=opts.name or kind)
 

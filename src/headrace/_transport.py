@@ -13,6 +13,8 @@ import time
 from collections import deque
 from typing import Any, Final
 
+import numpy as np
+
 
 class _End:
     def __repr__(self) -> str:
@@ -62,8 +64,19 @@ class Channel:
     (the consumer).
     """
 
-    def __init__(self, capacity: int, state: RunState, *, producers: int = 1) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        state: RunState,
+        *,
+        producers: int = 1,
+        byte_bound: int | None = None,
+        min_items: int = 2,
+    ) -> None:
         self.capacity = capacity
+        self._byte_bound = byte_bound
+        self._min_items = min_items
+        self._bytes = 0
         self._state = state
         self._items: deque[Any] = deque()
         self._lock = threading.Lock()
@@ -81,11 +94,19 @@ class Channel:
     def fill(self) -> int:
         return len(self._items)
 
+    def _full(self, size: int) -> bool:
+        if len(self._items) >= self.capacity:
+            return not self.detached
+        if self._byte_bound is None or len(self._items) < self._min_items:
+            return False
+        return self._bytes + size > self._byte_bound and not self.detached
+
     def put(self, item: Any, producer: int = 0) -> bool:
+        size = nbytes(item[1]) if self._byte_bound is not None else 0
         with self._not_full:
-            if len(self._items) >= self.capacity and not self.detached:
+            if self._full(size):
                 start = time.perf_counter()
-                while len(self._items) >= self.capacity and not self.detached:
+                while self._full(size):
                     if self._state.cancelled:
                         raise Cancelled
                     self._not_full.wait()
@@ -95,6 +116,7 @@ class Channel:
             if self.detached:
                 self.discarded += 1
                 return False
+            self._bytes += size
             self._add(item, producer)
             self._not_empty.notify()
             return True
@@ -118,6 +140,8 @@ class Channel:
             if not self._items:
                 return END
             item = self._items.popleft()
+            if self._byte_bound is not None:
+                self._bytes -= nbytes(item[1])
             self._not_full.notify()
             return item
 
@@ -135,9 +159,24 @@ class Channel:
             dropped = len(self._items)
             self.discarded += dropped
             self._items.clear()
+            self._bytes = 0
             self.detached = True
             self._not_full.notify_all()
             return dropped
+
+
+def nbytes(value: Any) -> int:
+    """Bytes of array data in an item: arrays and buffers, also one level inside a tuple,
+    list or dict (the shapes of ML samples); other objects count as 0."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    if isinstance(value, tuple | list):
+        return sum(v.nbytes for v in value if isinstance(v, np.ndarray))
+    if isinstance(value, dict):
+        return sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+    return 0
 
 
 class ZipChannel(Channel):
@@ -147,7 +186,7 @@ class ZipChannel(Channel):
     the bounded channels upstream of the zip, whose inputs all branch from one stream.
     """
 
-    def __init__(self, capacity: int, state: RunState, *, producers: int) -> None:
+    def __init__(self, capacity: int, state: RunState, *, producers: int, **bounds: Any) -> None:
         super().__init__(capacity, state, producers=producers)
         self._width = producers
         self._partial: dict[Any, list[Any]] = {}
