@@ -30,7 +30,8 @@ def test_non_callable_fn(method: str, fn: Any) -> None:
     args = (fn, 2) if method == "route" else (fn,)
     with pytest.raises(TypeError) as info:
         build(method, *args)
-    assert "fn" in str(info.value)
+    # The message names the argument: `pred` for filter, `fn` for the others.
+    assert ("pred" if method == "filter" else "fn") in str(info.value)
 
 
 @pytest.mark.parametrize("method", STAGES)

@@ -123,3 +123,13 @@ def test_zip_of_a_merge_and_its_input() -> None:
 def test_valid_zip_positive_control() -> None:
     s = src()
     assert zip_run(s.map(ok), s.map(ok, retries=2), s) == [(x, x, x) for x in range(10)]
+
+
+def test_cycle_is_a_graph_error() -> None:
+    """The public API cannot build a cycle (streams are immutable); a cycle made by editing
+    the private graph is still caught when the run starts, not run forever."""
+    a = src().map(ok)
+    b = a.map(ok)
+    a._node.inputs = ((b._node, 0),)
+    with pytest.raises(hr.GraphError, match="cycle"):
+        b.collect()

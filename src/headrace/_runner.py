@@ -29,6 +29,9 @@ from ._types import ErrorRecord, StageSnapshot
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
 CLOSE_TIMEOUT = 5.0
+#: Seconds a failing run waits for its workers before the error is raised: enough for every
+#: worker blocked in headrace to exit; a thread inside a long user call ends when it returns.
+ERROR_GRACE = 0.25
 
 BACKENDS: dict[str, Backend] = {"inline": InlineBackend(), "thread": ThreadBackend()}
 
@@ -190,8 +193,8 @@ class StageRunner:
     def finish(self, outcome: Outcome) -> None:
         with self.lock:
             self.busy_s += outcome.busy_s
-            if not self._ordered:
-                self._resolve(outcome)
+            if not self._ordered or (outcome.error and self.options.on_error == "raise"):
+                self._resolve(outcome)  # a failure that ends the run does not wait its turn
             else:
                 self._pending[outcome.task.seq] = outcome
                 while self._next_seq in self._pending:
@@ -350,7 +353,7 @@ class StageRunner:
             busy_s=busy,
             starved_s=starved,
             blocked_s=blocked,
-            items_per_s=self.items_out / elapsed,
+            items_per_s=(self.completed if self.kind == "sink" else self.items_out) / elapsed,
             fill=max((c.fill for c in channels), default=0),
             peak_fill=max((c.peak_fill for c in channels), default=0),
             capacity=max((c.capacity for c in channels), default=self.options.capacity),

@@ -20,7 +20,7 @@ from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError, HeadraceError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Progress, Report
-from ._runner import Execution
+from ._runner import CLOSE_TIMEOUT, ERROR_GRACE, Execution
 from ._stages import (
     StageOptions,
     batch_body,
@@ -361,7 +361,7 @@ class Run:
         try:
             item = self._execution.get(outlet)
         except BaseException:
-            self.close()
+            self.close(ERROR_GRACE)  # the error must not wait for a worker busy in user code
             raise
         if item is END:
             if outlet == len(self._execution.outlets) - 1:
@@ -377,9 +377,9 @@ class Run:
                 except StopIteration:
                     break
 
-    def close(self) -> None:
-        """Stop every stage and wait (up to 5 s) for its workers."""
-        self._execution.close()
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop every stage and wait (up to ``timeout`` s) for its workers."""
+        self._execution.close(timeout)
         if self._progress is not None:
             self._progress.stop()
 

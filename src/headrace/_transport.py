@@ -142,7 +142,9 @@ class Channel:
             item = self._items.popleft()
             if self._byte_bound is not None:
                 self._bytes -= nbytes(item[1])
-            self._not_full.notify()
+            # All: a woken producer may not use the room (a zip half-tuple, a large item
+            # under the byte bound), and the one that could must not sleep on.
+            self._not_full.notify_all()
             return item
 
     def close(self, producer: int = 0) -> None:

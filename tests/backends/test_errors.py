@@ -14,6 +14,9 @@ import headrace as hr
 
 N = 20
 
+#: RELIABILITY §2: an error reaches the consumer within 0.5 s; tests allow 2 s.
+ERROR_WITHIN_S = 2.0
+
 
 class TwoArgError(Exception):
     def __init__(self, code: int, detail: str) -> None:
@@ -359,15 +362,104 @@ def test_timeout_detected_while_the_call_runs(
         return x
 
     try:
+        start = time.monotonic()
         with pytest.raises(hr.StageTimeoutError):
             hr.from_iterable(range(4)).map(hang, **opts, timeout=0.1).collect()
+        elapsed = time.monotonic() - start
         assert not returned.is_set(), (
             "StageTimeoutError reached the consumer only after the hung call returned "
             "(detected on return, or close waited for the hung worker)"
         )
+        # RELIABILITY §2: an error reaches the consumer within 0.5 s; tests allow 2 s.
+        assert elapsed < ERROR_WITHIN_S, f"StageTimeoutError took {elapsed:.2f} s to arrive"
     finally:
         release.set()
     assert wait_no_threads(2.0) == []
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_error_not_held_back_by_a_busy_worker(
+    opts: dict[str, Any], ordered: bool, needs_shared_state: None, wait_no_threads: Any
+) -> None:
+    """Item 0 fails while item 1 is still running: the error reaches the consumer at once,
+    not when the other call ends (RELIABILITY §2)."""
+    if opts.get("workers", 1) < 2:
+        pytest.skip("needs 2 items in flight at once")
+    busy = threading.Event()
+    release = threading.Event()
+
+    def fn(x: int) -> int:
+        if x == 0:
+            if not busy.wait(10):
+                raise AssertionError("item 1 never started")
+            raise KeyError("item 0 failed")
+        if x == 1:
+            busy.set()
+            release.wait(10)
+        return x
+
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyError):
+            hr.from_iterable(range(4)).map(fn, **opts, ordered=ordered).collect()
+        elapsed = time.monotonic() - start
+        assert not release.is_set()
+        assert elapsed < ERROR_WITHIN_S, f"the error took {elapsed:.2f} s to reach the consumer"
+    finally:
+        release.set()
+    assert wait_no_threads(2.0) == []
+
+
+def test_error_behind_a_slow_earlier_item_is_not_held_in_order(
+    opts: dict[str, Any], needs_shared_state: None, wait_no_threads: Any
+) -> None:
+    """Ordered: item 1 fails while item 0 is still running; the failure does not wait in the
+    reorder window for item 0 (RELIABILITY §2)."""
+    if opts.get("workers", 1) < 2:
+        pytest.skip("needs 2 items in flight at once")
+    slow_started = threading.Event()
+    release = threading.Event()
+
+    def fn(x: int) -> int:
+        if x == 0:
+            slow_started.set()
+            release.wait(10)
+        if x == 1:
+            if not slow_started.wait(10):
+                raise AssertionError("item 0 never started")
+            raise LookupError("item 1 failed")
+        return x
+
+    try:
+        start = time.monotonic()
+        with pytest.raises(LookupError):
+            hr.from_iterable(range(4)).map(fn, **opts, ordered=True).collect()
+        elapsed = time.monotonic() - start
+        assert not release.is_set()
+        assert elapsed < ERROR_WITHIN_S, f"the error took {elapsed:.2f} s to reach the consumer"
+    finally:
+        release.set()
+    assert wait_no_threads(2.0) == []
+
+
+def exit_on_three(x: int) -> int:
+    if x == 3:
+        raise SystemExit(7)
+    return x
+
+
+def test_system_exit_in_user_code_is_an_item_error(opts: dict[str, Any], conserved: Any) -> None:
+    """SystemExit raised by user code fails its item like any error; it neither kills the
+    worker pool silently nor escapes under on_error='skip'."""
+    with pytest.raises(SystemExit) as info:
+        hr.from_iterable(range(6)).map(exit_on_three, **opts).collect()
+    assert info.value.code == 7
+    assert any("item 3" in note for note in getattr(info.value, "__notes__", []))
+    with hr.from_iterable(range(6)).map(exit_on_three, **opts, on_error="skip").open() as run:
+        assert sorted(run) == [0, 1, 2, 4, 5]
+    report = run.report()
+    assert [(e.index, e.type) for e in report.errors] == [(3, "SystemExit")]
+    conserved(report)
 
 
 # --- route to a branch that does not exist -------------------------------------------------

@@ -185,6 +185,16 @@ def test_zip_of_three_chains(opts: dict[str, Any]) -> None:
     assert out == [(x, 2 * x + 1, str(x)) for x in range(N)]
 
 
+def test_zip_of_three_branches_repeated(opts: dict[str, Any]) -> None:
+    """Three branches of one broadcast, joined again; repeated because a lost wake-up between
+    the branches shows only in some interleavings."""
+    one = {**opts, "workers": 1}
+    for _ in range(25):
+        s = hr.from_iterable(range(10))
+        out = hr.zip(s.map(double, **one), s.map(negate, **opts), s.map(inc, **one)).collect()
+        assert out == [(2 * x, -x, x + 1) for x in range(10)]
+
+
 def test_diamond_broadcast_then_zip(opts: dict[str, Any]) -> None:
     a = hr.from_iterable(range(N)).map(double, **opts)
     out = hr.zip(a.map(inc, **opts), a.map(negate, **opts)).map(sum, **opts).collect()
