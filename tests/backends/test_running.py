@@ -16,6 +16,7 @@ import headrace as hr
 
 N = 30
 
+
 def double(x: int) -> int:
     return 2 * x
 
