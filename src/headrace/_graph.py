@@ -137,9 +137,14 @@ def _unique_names(order: list[Node]) -> dict[Node, str]:
     return names
 
 
-def to_dot(plan: Plan, figures: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+def to_dot(
+    plan: Plan,
+    figures: Mapping[str, Mapping[str, Any]] | None = None,
+    bottleneck: str | None = None,
+) -> str:
     """Graphviz DOT text of ``plan``; with ``figures`` (stage name -> to_dict() of its
-    snapshot), each stage is annotated with its counts and times."""
+    snapshot), each stage is annotated with its counts and times, and the ``bottleneck``
+    stage is filled in orange."""
     lines = [
         "digraph headrace {",
         "  rankdir=TB;",
@@ -157,7 +162,8 @@ def to_dot(plan: Plan, figures: Mapping[str, Mapping[str, Any]] | None = None) -
             )
             parts.append(f"busy {fig['busy_s']:.2f}s · {fig['items_per_s']:,.0f}/s")
         label = "<" + "<br/>".join(parts) + ">"
-        lines.append(f"  n{node.id} [label={label}];")
+        fill = ', fillcolor="#ffd8a8"' if name == bottleneck else ""
+        lines.append(f"  n{node.id} [label={label}{fill}];")
     for node in plan.nodes:
         for parent, port in node.inputs:
             attrs = [f'label="cap {parent.options.capacity}"']

@@ -408,7 +408,7 @@ class Run:
             wall,
             stages,
             list(self._execution.errors),
-            dot=lambda _report: _graph.to_dot(plan, figures),
+            dot=lambda report: _graph.to_dot(plan, figures, report.bottleneck),
         )
 
 
@@ -563,7 +563,8 @@ def to_dot(*streams: Stream, report: Report | None = None) -> str:
     >>> print(hr.from_iterable([1]).map(abs).to_dot().splitlines()[0])
     digraph headrace {
     """
-    return _graph.to_dot(_plan(streams), _figures(report))
+    bottleneck = None if report is None else report.bottleneck
+    return _graph.to_dot(_plan(streams), _figures(report), bottleneck)
 
 
 def rng() -> np.random.Generator:

@@ -440,3 +440,17 @@ def test_concurrent_runs_in_threads(
         t.join(30)
     assert results == {k: [x + k for x in range(N)] for k in range(3)}
     assert wait_no_threads() == []
+
+
+def slow_half(x: int) -> int:
+    time.sleep(0.002)
+    return x // 2
+
+
+def test_dot_marks_the_bottleneck(opts: dict[str, Any]) -> None:
+    s = hr.from_iterable(range(40)).map(slow_half, **opts, name="slow").map(double, **opts)
+    report = s.run()
+    assert report.bottleneck == "slow"
+    marked = [line for line in report.to_dot().splitlines() if "ffd8a8" in line]
+    assert len(marked) == 1 and "slow" in marked[0]
+    assert "ffd8a8" not in s.to_dot()  # no figures, no bottleneck
