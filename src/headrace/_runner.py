@@ -483,9 +483,6 @@ class Execution:
                 ok = runner.workers.join(remaining) and ok
         return ok
 
-    def mark_ended(self) -> None:
-        self.ended = self.ended or time.perf_counter()
-
     def snapshot(self) -> tuple[float, list[StageSnapshot]]:
         now = time.perf_counter()
         wall = (self.ended or now) - self.started

@@ -20,7 +20,7 @@ from ._types import BACKENDS, ON_ERROR
 CALL_KINDS = frozenset({"map", "filter", "flat_map", "sink", "route"})
 #: Stages whose function consumes an iterator of inputs and yields outputs (n -> m).
 STREAM_KINDS = frozenset(
-    {"transform", "batch", "rebatch", "unbatch", "take", "prefetch", "merge", "zip", "drain"}
+    {"transform", "batch", "rebatch", "unbatch", "take", "prefetch", "merge", "zip"}
 )
 #: Stages whose outputs keep the index of their input (1 -> 1 or 1 -> 0/1).
 KEY_KEEPING = frozenset({"map", "filter", "sink", "route", "take", "prefetch", "zip"})
