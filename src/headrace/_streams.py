@@ -319,8 +319,12 @@ def _plan(streams: Iterable[Stream]) -> Plan:
     return compile_plan([(s._node, s._port) for s in streams])
 
 
-def _figures(report: Report | None) -> dict[str, dict[str, Any]] | None:
-    return None if report is None else {s.name: s.to_dict() for s in report.stages}
+def _dot(plan: Plan, report: Report | None) -> str:
+    """DOT text of ``plan``, annotated with the figures and bottleneck of ``report``."""
+    if report is None:
+        return _graph.to_dot(plan)
+    figures = {s.name: s.to_dict() for s in report.stages}
+    return _graph.to_dot(plan, figures, report.bottleneck)
 
 
 class Run:
@@ -402,13 +406,12 @@ class Run:
     def report(self) -> Report:
         """The figures of this run so far (final once the run has ended)."""
         wall, stages = self._execution.snapshot()
-        figures = {s.name: s.to_dict() for s in stages}
         plan = self.plan
         return Report(
             wall,
             stages,
             list(self._execution.errors),
-            dot=lambda report: _graph.to_dot(plan, figures, report.bottleneck),
+            dot=lambda report: _dot(plan, report),
         )
 
 
@@ -563,8 +566,7 @@ def to_dot(*streams: Stream, report: Report | None = None) -> str:
     >>> print(hr.from_iterable([1]).map(abs).to_dot().splitlines()[0])
     digraph headrace {
     """
-    bottleneck = None if report is None else report.bottleneck
-    return _graph.to_dot(_plan(streams), _figures(report), bottleneck)
+    return _dot(_plan(streams), report)
 
 
 def rng() -> np.random.Generator:

@@ -189,6 +189,8 @@ class ZipChannel(Channel):
     """
 
     def __init__(self, capacity: int, state: RunState, *, producers: int, **bounds: Any) -> None:
+        # Items only (``bounds`` dropped): a part would count bytes when put and a whole tuple
+        # when taken; the parts are held by the bounded channels upstream anyway.
         super().__init__(capacity, state, producers=producers)
         self._width = producers
         self._partial: dict[Any, list[Any]] = {}
