@@ -50,6 +50,19 @@ class ClosedError(HeadraceError):
     """A run, or something it owns, was used after it was closed."""
 
 
+class RemoteError(HeadraceError):
+    """A worker's exception that could not travel whole (its class cannot be pickled or
+    rebuilt): keeps the original type name, message and traceback text."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
+        return (RemoteError, (self.type_name, self.message))
+
+
 class RemoteTraceback(Exception):
     """Carries the text of a worker's traceback; set as ``__cause__`` of the delivered error."""
 

@@ -20,11 +20,13 @@ from typing import Any
 
 from ._backends._base import Backend, Outcome, Task, Workers, item_entropy, set_item
 from ._backends._inline import InlineBackend
+from ._backends._process import ProcessBackend
 from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._graph import Node, Plan
+from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions, min_items
-from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel
+from ._transport import EMPTY, END, Cancelled, Channel, RunState, StopStage, ZipChannel, nbytes
 from ._types import ErrorRecord, StageSnapshot
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
@@ -33,7 +35,11 @@ CLOSE_TIMEOUT = 5.0
 #: worker blocked in headrace to exit; a thread inside a long user call ends when it returns.
 ERROR_GRACE = 0.25
 
-BACKENDS: dict[str, Backend] = {"inline": InlineBackend(), "thread": ThreadBackend()}
+BACKENDS: dict[str, Backend] = {
+    "inline": InlineBackend(),
+    "thread": ThreadBackend(),
+    "process": ProcessBackend(),
+}
 
 
 def fused(node: Node) -> bool:
@@ -100,7 +106,10 @@ class StageRunner:
         self._take_lock = threading.Lock()  # taking from the input
         self._slots = threading.Condition()
         execution.state.register(self._slots)
-        self._capacity = 2 * node.options.workers  # items taken but not yet emitted
+        backend = BACKENDS[node.options.backend]
+        # items (and array bytes) taken but not yet emitted
+        self._capacity, self._window_bytes = backend.window(node.options)
+        self._in_flight_bytes = 0
         self._local = threading.local()
         self._ordered = node.options.ordered and node.options.workers > 1
         self._pending: dict[int, Outcome] = {}
@@ -121,31 +130,60 @@ class StageRunner:
     # --- taking input ---------------------------------------------------------------------
 
     def next_task(self) -> Task | None:
-        with self._take_lock:
-            if self.input_ended or self.stopping:
-                return None
-            with self._slots:
-                while self._in_flight >= self._capacity:
-                    if self.execution.state.cancelled:
-                        raise Cancelled
-                    self._slots.wait()
-                self._in_flight += 1
-            assert self.inbox is not None
-            item = self.inbox.get()
-            if item is END:
-                self._release()
-                with self.lock:
-                    self.input_ended = True
-                    self._maybe_finish()
-                return None
-            seq = self._taken
-            self._taken += 1
-            self.items_in += 1
-            return Task(seq, item[0], item[1])
+        tasks = self.next_tasks(1)
+        return tasks[0] if tasks else None
 
-    def _release(self) -> None:
+    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None:
+        """Up to ``limit`` tasks, each taken under the in-flight window. Waits for the first
+        only when ``block`` (else returns what is there now, maybe ``[]``, also when another
+        worker is taking); None once the input has ended or the stage stops."""
+        if not self._take_lock.acquire(blocking=block):
+            return []
+        tasks: list[Task] = []
+        try:
+            while len(tasks) < limit and not (self.input_ended or self.stopping):
+                wait = block and not tasks
+                with self._slots:
+                    while self._window_full():
+                        if not wait:
+                            return tasks
+                        if self.execution.state.cancelled:
+                            raise Cancelled
+                        self._slots.wait()
+                    self._in_flight += 1
+                assert self.inbox is not None
+                item = self.inbox.get(wait)
+                if item is EMPTY or item is END:
+                    self._release()
+                    if item is END:
+                        with self.lock:
+                            self.input_ended = True
+                            self._maybe_finish()
+                    break
+                size = nbytes(item[1]) if self._window_bytes else 0
+                if size:
+                    with self._slots:
+                        self._in_flight_bytes += size
+                tasks.append(Task(self._taken, item[0], item[1], size))
+                self._taken += 1
+                self.items_in += 1
+        finally:
+            self._take_lock.release()
+        return tasks if tasks or not (self.input_ended or self.stopping) else None
+
+    def _window_full(self) -> bool:
+        if self._in_flight >= self._capacity:
+            return True
+        return (
+            self._window_bytes is not None
+            and self._in_flight_bytes >= self._window_bytes
+            and self._in_flight >= min_items(self.options.workers)
+        )
+
+    def _release(self, size: int = 0) -> None:
         with self._slots:
             self._in_flight -= 1
+            self._in_flight_bytes -= size
             self._slots.notify()
 
     def stream_inputs(self) -> Iterator[Any]:
@@ -221,7 +259,7 @@ class StageRunner:
         finally:
             self._resolved += 1
             if not fused(self.node):
-                self._release()
+                self._release(outcome.task.nbytes)
 
     def _failed(self, error: BaseException, tb: str, key: int | None) -> None:
         record = ErrorRecord(self.name, key, type(error).__name__, shorten(str(error)), tb)
@@ -235,11 +273,12 @@ class StageRunner:
             self.errors += 1
             self._failed(error, tb, getattr(self._local, "key", None))
 
-    def setup_failed(self, error: BaseException, tb: str) -> None:
+    def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
+        """The stage cannot go on (its setup failed, or its workers crash in a loop)."""
         self.execution.record(
-            ErrorRecord(self.name, None, type(error).__name__, shorten(str(error)), tb)
+            ErrorRecord(self.name, key, type(error).__name__, shorten(str(error)), tb)
         )
-        self.execution.fail(deliver(error, stage=self.name, index=None, tb_text=tb))
+        self.execution.fail(deliver(error, stage=self.name, index=key, tb_text=tb))
 
     def emit(self, value: Any) -> None:
         with self.lock:
@@ -288,6 +327,21 @@ class StageRunner:
 
     def item_context(self, key: int) -> None:
         set_item(self.execution.seed, self.position, key)
+
+    @property
+    def seed(self) -> int:
+        return self.execution.seed
+
+    @property
+    def start_method(self) -> str | None:
+        return self.execution.start_method
+
+    @property
+    def shm_budget(self) -> int:
+        return self.execution.shm_budget
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        self.execution.state.on_cancel(callback)
 
     # --- sources --------------------------------------------------------------------------
 
@@ -371,8 +425,16 @@ class Execution:
         *,
         sources: dict[Node, Callable[[], Iterable[Any]]],
         seed: int | None = None,
+        start_method: str | None = None,
+        memory: int | None = None,
     ) -> None:
         self.plan = plan
+        self.start_method = start_method
+        # The shared-memory budget of each process that sends arrays: the parent and every
+        # worker of each process stage.
+        senders = sum(n.options.workers + 1 for n in plan.nodes if n.options.backend == "process")
+        budget = default_budget() if memory is None else memory
+        self.shm_budget = budget // max(1, senders)
         self.state = RunState()
         self.seed = seed if seed is not None else secrets.randbits(63)
         self.failure: BaseException | None = None

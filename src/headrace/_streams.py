@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _graph
 from ._backends._base import cache_rng, item_entropy, item_rng
+from ._backends._process import START_METHODS
 from ._errors import GraphError, HeadraceError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Progress, Report
@@ -280,7 +281,10 @@ class Stream:
         """Start a run: iterate it, read ``report()``, close it (or use it in a ``with``).
 
         Run options: ``progress=False`` (live per-stage lines on stderr), ``seed=None`` (base
-        of `rng`), ``engine=None`` (the local engine), ``memory=None`` (a byte budget).
+        of `rng`), ``engine=None`` (the local engine), ``memory=None`` (a byte budget: the
+        shared memory that process stages use for arrays), ``start_method=None`` (how process
+        workers start: ``"forkserver"`` by default on Linux, ``"spawn"``, or ``"fork"``; also
+        set by ``$HEADRACE_START_METHOD``).
 
         Examples
         --------
@@ -341,17 +345,27 @@ class Run:
         seed: int | None = None,
         engine: Any = None,
         memory: int | str | None = None,
+        start_method: str | None = None,
     ) -> None:
-        _check_run_options(seed, engine, memory)
+        _check_run_options(seed, engine, memory, start_method)
         self.plan = _plan(streams)
         sources = {node: _source(node) for node in self.plan.nodes if node.kind == "source"}
         self._execution = Execution(
-            self.plan, [(s._node, s._port) for s in streams], sources=sources, seed=seed
+            self.plan,
+            [(s._node, s._port) for s in streams],
+            sources=sources,
+            seed=seed,
+            start_method=start_method,
+            memory=None if memory is None else parse_bytes(memory),
         )
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(self._execution.snapshot, file=sys.stderr)
-        self._execution.start()
+        try:
+            self._execution.start()
+        except BaseException:
+            self._execution.close()  # the stages started so far
+            raise
         if self._progress is not None:
             self._progress.start()
 
@@ -435,7 +449,7 @@ def parse_bytes(value: int | str) -> int:
     return int(float(match.group(1)) * base ** "_KMGT".index(match.group(2).upper() or "_"))
 
 
-def _check_run_options(seed: Any, engine: Any, memory: Any) -> None:
+def _check_run_options(seed: Any, engine: Any, memory: Any, start_method: Any = None) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     if engine is not None:
@@ -444,6 +458,8 @@ def _check_run_options(seed: Any, engine: Any, memory: Any) -> None:
         )
     if memory is not None:
         parse_bytes(memory)
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
 
 
 def _source(node: Node) -> Callable[[], Iterable[Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -23,6 +24,15 @@ class _End:
 
 #: Returned by `Channel.get` once every producer has closed and the channel is empty.
 END: Final = _End()
+
+
+class _Empty:
+    def __repr__(self) -> str:
+        return "EMPTY"
+
+
+#: Returned by `Channel.get(block=False)` when no item is there yet.
+EMPTY: Final = _Empty()
 
 
 class Cancelled(Exception):
@@ -40,18 +50,30 @@ class RunState:
         self.cancelled = False
         self._lock = threading.Lock()
         self._conditions: list[threading.Condition] = []
+        self._callbacks: list[Callable[[], None]] = []
 
     def register(self, *conditions: threading.Condition) -> None:
         with self._lock:
             self._conditions.extend(conditions)
 
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (quick, non-blocking) when the run is cancelled, or now if it is."""
+        with self._lock:
+            if not self.cancelled:
+                self._callbacks.append(callback)
+                return
+        callback()
+
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
             conditions = list(self._conditions)
+            callbacks, self._callbacks = self._callbacks, []
         for condition in conditions:
             with condition:
                 condition.notify_all()
+        for callback in callbacks:
+            callback()
 
 
 class Channel:
@@ -126,8 +148,10 @@ class Channel:
         if len(self._items) > self.peak_fill:
             self.peak_fill = len(self._items)
 
-    def get(self) -> Any:
+    def get(self, block: bool = True) -> Any:
         with self._not_empty:
+            if not self._items and self._open and not block:
+                return EMPTY
             if not self._items and self._open:
                 start = time.perf_counter()
                 while not self._items and self._open:

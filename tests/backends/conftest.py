@@ -16,7 +16,8 @@ import pytest
 BACKENDS = [
     pytest.param({"backend": "inline"}, id="inline"),
     pytest.param({"backend": "thread", "workers": 3}, id="thread"),
-    # pytest.param({"backend": "process", "workers": 2}, id="process"),
+    pytest.param({"backend": "process", "workers": 2}, id="forkserver"),
+    pytest.param({"backend": "process", "workers": 2, "start_method": "spawn"}, id="spawn"),
 ]
 
 #: How long the workers of a closed run may take to go away (the contract says within 1 s).
@@ -24,9 +25,14 @@ THREADS_GONE_S = 1.0
 
 
 @pytest.fixture(params=BACKENDS)
-def opts(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Stage options selecting one backend (a fresh dict: tests may extend it)."""
-    return dict(request.param)
+def opts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Stage options selecting one backend (a fresh dict: tests may extend it). A process
+    backend's start method is a run option; the fixture sets it through the environment."""
+    params = dict(request.param)
+    method = params.pop("start_method", "forkserver")
+    if params["backend"] == "process":
+        monkeypatch.setenv("HEADRACE_START_METHOD", method)
+    return params
 
 
 @pytest.fixture

@@ -29,11 +29,13 @@ from .._transport import Cancelled, StopStage
 
 @dataclass(slots=True)
 class Task:
-    """One item for one stage: its position in the stage's input, its index, its value."""
+    """One item for one stage: its position in the stage's input, its index, its value (and
+    the bytes of array data in it, when the stage's window counts them)."""
 
     seq: int
     key: int
     value: Any
+    nbytes: int = 0
 
 
 @dataclass(slots=True)
@@ -55,13 +57,23 @@ class StageWork(Protocol):
     fn: Any
     options: StageOptions
     ports: int
+    position: int
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def start_method(self) -> str | None: ...
+    @property
+    def shm_budget(self) -> int: ...
 
     def next_task(self) -> Task | None: ...
+    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None: ...
+    def on_cancel(self, callback: Callable[[], None]) -> None: ...
     def finish(self, outcome: Outcome) -> None: ...
     def stream_inputs(self) -> Iterator[Any]: ...
     def emit(self, value: Any) -> None: ...
     def stream_failed(self, error: BaseException, tb: str) -> None: ...
-    def setup_failed(self, error: BaseException, tb: str) -> None: ...
+    def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None: ...
     def worker_exited(self) -> None: ...
     def item_context(self, key: int) -> None: ...
 
@@ -85,6 +97,11 @@ class Backend(ABC):
 
     @abstractmethod
     def start(self, work: StageWork) -> Workers: ...
+
+    def window(self, options: StageOptions) -> tuple[int, int | None]:
+        """How many items (and bytes of array data, None: not counted) a stage may have taken
+        and not yet emitted: one in hand and one in the reorder window per worker."""
+        return 2 * options.workers, None
 
 
 # --- the worker body -----------------------------------------------------------------------

@@ -1,0 +1,906 @@
+"""The process backend: each worker is a process, supervised by one thread in the parent.
+
+    parent                                           worker process (slot i)
+    ------                                           -----------------------
+    supervisor thread i:                             serve(): run_calls / run_stream over
+      take tasks (batched) --- task pipe -------->     the pipe, with the shared worker body
+      wait(result pipe, sentinel, wake pipe)          (execute: retries, item context)
+      <-- results (batched), log records ---------    progress[i] = seq of the item it runs
+
+A supervisor knows every item its worker holds. It waits on the result pipe, the process's
+sentinel and a wake-up pipe (written on cancel) together, never with sleeps. When the sentinel
+fires the worker is dead: its item is reported as `WorkerCrashedError` (or retried), the items
+queued behind it are sent again, and a fresh process takes its slot. A crash loop (the same
+item crashing twice, or `CRASH_LOOP` crashes within `CRASH_WINDOW_S`) ends the run with one
+error. With ``timeout=`` a worker holds one item at a time; when the item runs late the worker
+is killed and replaced.
+
+Small items travel in batches sized so that a batch takes about `BATCH_S` of work (the user
+never tunes a chunk size); arrays travel through shared memory (`_shm`). Workers ignore
+SIGINT, die with their parent (a pipe that reaches EOF, and PR_SET_PDEATHSIG), and forward
+their `logging` records to the parent. Imports `_base`, `_shm`, `_transport`, `_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util
+import os
+import pickle
+import random
+import signal
+import struct
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from .._errors import RemoteError, WorkerCrashedError, format_traceback, shorten
+from .._shm import HEADER, Mapper, SlotPool, attach, create, decode, encode, remove_run, run_token
+from .._stages import STREAM_KINDS, StageOptions
+from .._transport import Cancelled, StopStage
+from ._base import (
+    Backend,
+    Outcome,
+    StageWork,
+    Task,
+    Workers,
+    run_calls,
+    run_stream,
+    set_item,
+    timeout_error,
+)
+
+#: Seconds of work a batch of small items should take: long enough to pay for a pipe round
+#: trip, short enough that a slow stream still delivers promptly.
+BATCH_S = 0.005
+#: Largest number of items in one batch.
+MAX_BATCH = 256
+#: Batches a worker may hold: one running, one queued behind it so it never waits for the
+#: parent.
+DEPTH = 2
+#: Bytes of result data (in band or in shared memory) a batch should stay under.
+BATCH_BYTES = 8 * 2**20
+#: Array bytes a process stage may hold in flight, beyond two items per worker.
+WINDOW_BYTES = 32 * 2**20
+#: A message larger than this is sent only to an idle worker: a pipe holds 64 KiB, and a
+#: worker blocked writing its results must never wait on a parent blocked writing tasks.
+PIPE_SAFE = 32 * 1024
+#: A crash loop: this many worker deaths within CRASH_WINDOW_S seconds.
+CRASH_LOOP = 5
+CRASH_WINDOW_S = 10.0
+#: Seconds a worker gets to exit after being told to stop, before SIGTERM, then SIGKILL.
+STOP_GRACE_S = 0.2
+#: How long a worker flushes its transform outputs at the latest.
+FLUSH_S = 0.005
+START_METHODS = ("forkserver", "spawn", "fork")
+ENV_START_METHOD = "HEADRACE_START_METHOD"
+_PR_SET_PDEATHSIG = 1
+_IDLE = -1
+
+
+def default_start_method() -> str:
+    """The start method when none is given: $HEADRACE_START_METHOD, else the one that is safe
+    with threads (forkserver where it exists, spawn elsewhere)."""
+    method = os.environ.get(ENV_START_METHOD)
+    if method:
+        if method not in START_METHODS:
+            raise ValueError(f"${ENV_START_METHOD} must be one of {START_METHODS}, got {method!r}")
+        return method
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+def _context(method: str) -> Any:
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method {method!r} is not available here")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            # Workers fork from a server that has imported headrace and numpy once.
+            ctx.set_forkserver_preload(["__main__", __name__])
+    elif method == "fork":
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:
+            warnings.warn(
+                f"start_method='fork' with other threads running ({', '.join(others[:5])}): a "
+                "forked worker may deadlock on a lock one of them held. Use 'forkserver'.",
+                RuntimeWarning,
+                stacklevel=6,
+            )
+    return ctx
+
+
+class ProcessBackend(Backend):
+    name = "process"
+
+    def start(self, work: StageWork) -> Workers:
+        return ProcessWorkers(work)
+
+    def window(self, options: StageOptions) -> tuple[int, int | None]:
+        if options.timeout is not None:
+            return 2 * options.workers, WINDOW_BYTES
+        return DEPTH * MAX_BATCH * options.workers, WINDOW_BYTES
+
+
+# --- what a worker is sent ---------------------------------------------------------------------
+
+
+def dump_callable(name: str, fn: Any) -> bytes:
+    """The stage function as bytes for the workers; a clear TypeError if it cannot be sent."""
+    try:
+        return bytes(cloudpickle.dumps(fn, protocol=5))
+    except Exception as exc:
+        raise TypeError(
+            f"stage {name!r}: its function {shorten(repr(fn), 120)} cannot be sent to a worker "
+            f"process: {type(exc).__name__}: {shorten(str(exc), 300)}. Make what it refers to "
+            "picklable (e.g. open files or locks inside the function, or in a class's "
+            "__init__), or use backend='thread'."
+        ) from exc
+
+
+class Spec:
+    """Everything a worker needs, pickled with the start method's pickler."""
+
+    def __init__(self, work: StageWork, token: str, budget: int, progress: str) -> None:
+        self.name = work.name
+        self.kind = work.kind
+        self.fn = dump_callable(work.name, work.fn)
+        self.options = work.options
+        self.ports = work.ports
+        self.position = work.position
+        self.seed = work.seed
+        self.token = token
+        self.budget = budget
+        self.progress = progress
+        self.parent = os.getpid()
+        self.log_level = logging.getLogger().getEffectiveLevel()
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+def worker_main(
+    spec: Spec,
+    slot: int,
+    incarnation: int,
+    tasks: Connection,
+    results: Connection,
+    alive: Connection,
+    deathsig: bool,
+) -> None:
+    """The body of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if deathsig:
+        _die_with_parent()
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    child = ChildWork(spec, slot, tasks, results)
+    _seed_globals(spec.seed, spec.position, slot, incarnation)
+    logging.getLogger().handlers[:] = [PipeLogHandler(child)]
+    logging.getLogger().setLevel(spec.log_level)
+    try:
+        child.fn = cloudpickle.loads(spec.fn)
+    except BaseException as exc:
+        child.setup_failed(exc, format_traceback(exc))
+        return
+    try:
+        if spec.kind in STREAM_KINDS:
+            run_stream(child)
+            child.flush()
+            child.send(("finished",))
+        else:
+            run_calls(child)
+    except (EOFError, OSError):
+        pass  # the parent closed the pipes: the run is over
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _watch_parent(alive: Connection) -> None:
+    """EOF on this pipe: the parent is gone (or gave up on this worker). Exit at once."""
+    with contextlib.suppress(BaseException):
+        alive.recv_bytes()
+    os._exit(1)
+
+
+def _seed_globals(seed: int, position: int, slot: int, incarnation: int) -> None:
+    """Distinct global `random` and NumPy legacy streams in every worker (a forked or
+    forkserver worker would otherwise repeat its siblings' draws)."""
+    sequence = np.random.SeedSequence([seed, position, slot, incarnation, os.getpid()])
+    state = sequence.generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+
+
+class ChildWork:
+    """The stage as a worker process sees it (`StageWork`): tasks come from the pipe."""
+
+    def __init__(self, spec: Spec, slot: int, tasks: Connection, results: Connection) -> None:
+        self.name = spec.name
+        self.kind = spec.kind
+        self.fn: Any = None
+        self.options = spec.options
+        self.ports = spec.ports
+        self.position = spec.position
+        self.seed = spec.seed
+        self.start_method: str | None = None
+        self.shm_budget = spec.budget
+        self.slot = slot
+        self.parent = spec.parent
+        self._tasks = tasks
+        self._results = results
+        self._send_lock = threading.Lock()
+        self.pool = SlotPool(spec.token, spec.budget)
+        self.mapper = Mapper()
+        self._progress = attach(spec.progress)
+        self._batch: deque[tuple[int, int, bytes, list[Any]]] = deque()
+        self._done: list[tuple[Any, ...]] = []
+        self._outputs: list[tuple[bytes, list[Any]]] = []
+        self._first_output = 0.0
+        self._key: int | None = None
+        self._ready = False
+
+    # messages
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=5)
+        with self._send_lock:
+            self._results.send_bytes(data)
+
+    def _recv(self) -> tuple[Any, ...]:
+        message: tuple[Any, ...] = pickle.loads(self._tasks.recv_bytes())
+        return message
+
+    def _mark(self, seq: int) -> None:
+        struct.pack_into("<q", self._progress, 8 * self.slot, seq)
+
+    # call stages
+
+    def next_task(self) -> Task | None:
+        if not self._ready:
+            self._ready = True
+            self.send(("ready",))  # set up: a timed item's clock may start
+        while True:
+            if not self._batch:
+                self._mark(_IDLE)
+                if self._done:
+                    self.send(("done", self._done))
+                    self._done = []
+                message = self._recv()
+                if message[0] != "calls":
+                    return None
+                self._batch.extend(message[1])
+            seq, key, data, places = self._batch.popleft()
+            self._mark(seq)
+            try:
+                value = decode(data, places, self.mapper)
+            except BaseException as exc:
+                error = _TransitError(f"item {key} could not be unpickled in the worker", exc)
+                self._done.append(_error_entry(seq, error, format_traceback(exc), 0.0))
+                continue
+            return Task(seq, key, value)
+
+    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None:
+        task = self.next_task()
+        return None if task is None else [task]
+
+    def finish(self, outcome: Outcome) -> None:
+        seq = outcome.task.seq
+        if outcome.error is not None:
+            entry = _error_entry(seq, outcome.error, outcome.traceback, outcome.busy_s)
+        else:
+            try:
+                data, places = encode(outcome.outputs, self.pool, self.parent, cloudpickle.dumps)
+                entry = (seq, True, data, places, "", outcome.busy_s)
+            except BaseException as exc:
+                error = _TransitError(
+                    f"the result of item {outcome.task.key} could not be pickled", exc
+                )
+                entry = _error_entry(seq, error, format_traceback(exc), outcome.busy_s)
+        self._done.append(entry)
+
+    # stream stages
+
+    def stream_inputs(self) -> Iterator[Any]:
+        while True:
+            if self._outputs and not self._tasks.poll():
+                self.flush()  # about to wait: what is made so far goes out first
+            message = self._recv()
+            if message[0] != "items":
+                return
+            for key, data, places in message[1]:
+                self._key = key
+                self.item_context(key)
+                yield decode(data, places, self.mapper)
+
+    def emit(self, value: Any) -> None:
+        if not self._outputs:
+            self._first_output = time.monotonic()
+        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+        if len(self._outputs) >= MAX_BATCH or time.monotonic() - self._first_output > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._outputs:
+            outputs, self._outputs = self._outputs, []
+            self.send(("out", outputs))
+
+    def stream_failed(self, error: BaseException, tb: str) -> None:
+        self.flush()
+        data, _ = _dump_error(error)
+        self.send(("failed", data, tb, self._key))
+
+    def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
+        data, _ = _dump_error(error)
+        self.send(("setup", data, tb))
+
+    def worker_exited(self) -> None:
+        pass
+
+    def item_context(self, key: int) -> None:
+        set_item(self.seed, self.position, key)
+
+    def on_cancel(self, callback: Any) -> None:
+        pass
+
+
+class _TransitError(Exception):
+    """An item or result that could not cross between processes."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: {type(cause).__name__}: {shorten(str(cause), 300)}")
+
+
+def _dump_error(error: BaseException) -> tuple[bytes, bool]:
+    """The exception as bytes that the parent can load; a `RemoteError` (type name, message)
+    when its class cannot be pickled or rebuilt. True if the original type travels."""
+    try:
+        data = bytes(cloudpickle.dumps(error, protocol=5))
+        pickle.loads(data)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
+        return data, True
+    except BaseException:
+        name = f"{type(error).__module__}.{type(error).__qualname__}"
+        return pickle.dumps(RemoteError(name, shorten(str(error)))), False
+
+
+def _error_entry(seq: int, error: BaseException, tb: str, busy: float) -> tuple[Any, ...]:
+    data, _ = _dump_error(error)
+    return (seq, False, data, [], tb, busy)
+
+
+class PipeLogHandler(logging.Handler):
+    """Sends a worker's log records to the parent, which hands them to its own handlers."""
+
+    def __init__(self, child: ChildWork) -> None:
+        super().__init__()
+        self._child = child
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            fields["exc_info"] = None
+            fields = {k: v for k, v in fields.items() if _picklable(v)}
+            self._child.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
+def _picklable(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | tuple)
+
+
+# --- the parent side ---------------------------------------------------------------------------
+
+
+class Proc:
+    """One worker process as its supervisor holds it."""
+
+    def __init__(self, owner: ProcessWorkers, slot: int, incarnation: int) -> None:
+        ctx = owner.ctx
+        self.tasks_r, self.tasks = ctx.Pipe(duplex=False)
+        self.results, self.results_w = ctx.Pipe(duplex=False)
+        alive_r, self.alive = ctx.Pipe(duplex=False)
+        deathsig = owner.method == "forkserver" or (
+            threading.current_thread() is threading.main_thread()
+        )
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(owner.spec, slot, incarnation, self.tasks_r, self.results_w, alive_r, deathsig),
+            name=f"headrace-{owner.work.name}-{slot}",
+            daemon=False,  # a worker may run a process pipeline of its own
+        )
+        self.process.start()
+        for end in (self.tasks_r, self.results_w, alive_r):
+            end.close()
+        self.pid = self.process.pid or 0
+        self.sentinel = self.process.sentinel
+        self.ready = False  # the worker has set up and asks for its first item
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.tasks.send_bytes(pickle.dumps(message, protocol=5))
+
+    def stop(self, grace: float) -> None:
+        """Ask the worker to end, then escalate: SIGTERM, SIGKILL."""
+        with contextlib.suppress(OSError, ValueError):
+            self.alive.close()  # the worker's watcher exits it at once
+        self.process.join(grace)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(STOP_GRACE_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        self.close_pipes()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+
+    def close_pipes(self) -> None:
+        for conn in (self.tasks, self.results, self.alive):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def describe_exit(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "is gone"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"was killed by {signal.Signals(-code).name}"
+            return f"was killed by signal {-code}"
+        return f"exited with code {code}"
+
+
+class ProcessWorkers(Workers):
+    """The worker processes of one stage and their supervisor threads."""
+
+    def __init__(self, work: StageWork) -> None:
+        self.work = work
+        self.method = work.start_method or default_start_method()
+        self.ctx = _context(self.method)
+        self.token = run_token()
+        budget = work.shm_budget
+        progress = f"hr-{self.token}-progress"
+        self._progress = _create_progress(progress, work.options.workers)
+        self.spec = Spec(work, self.token, budget, progress)
+        self.pool = SlotPool(self.token, budget)
+        self.mapper = Mapper()
+        self._lock = threading.Lock()
+        self._procs: dict[int, Proc] = {}
+        self._feeders: list[threading.Thread] = []
+        self._incarnations = [0] * work.options.workers
+        self._crash_times: deque[float] = deque()
+        self._crashes: dict[int, int] = {}  # seq -> times it crashed a worker
+        self._avg_s: float | None = None
+        self._avg_bytes = 0.0
+        self.closing = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._finalizer = multiprocessing.util.Finalize(
+            self, _kill_all, args=(self._procs, self.token), exitpriority=100
+        )
+        work.on_cancel(self.wake)
+        self._threads = [
+            threading.Thread(
+                target=self._supervise,
+                args=(slot,),
+                name=f"headrace-{work.name}-{slot}",
+                daemon=True,
+            )
+            for slot in range(work.options.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        """Wake every supervisor from its wait (the run is cancelled or closing)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def cancelled(self) -> bool:
+        return self.closing or _cancelled(self.work)
+
+    # --- starting and stopping workers --------------------------------------------------
+
+    def _start(self, slot: int) -> Proc:
+        self._incarnations[slot] += 1
+        proc = Proc(self, slot, self._incarnations[slot])
+        with self._lock:
+            self._procs[slot] = proc
+        return proc
+
+    def _retire(self, proc: Proc, grace: float) -> None:
+        proc.stop(grace)
+        self.pool.release_held_by(proc.pid)
+
+    # --- supervising one worker ---------------------------------------------------------
+
+    def _supervise(self, slot: int) -> None:
+        proc: Proc | None = None
+        try:
+            proc = self._start(slot)
+            if self.work.kind in STREAM_KINDS:
+                self._run_stream(proc)
+            else:
+                self._run_calls(slot, proc)
+        except (Cancelled, StopStage):
+            pass
+        finally:
+            with self._lock:
+                proc = self._procs.get(slot, proc)
+            if proc is not None:
+                self._retire(proc, 0.0 if self.cancelled() else 1.0)
+            self.work.worker_exited()
+
+    def _run_calls(self, slot: int, proc: Proc) -> None:
+        work = self.work
+        timed = work.options.timeout is not None
+        depth = 1 if timed else DEPTH
+        held: dict[int, Task] = {}  # seq -> task the worker holds, in the order sent
+        sent: deque[tuple[list[int], float]] = deque()  # batches sent: seqs, time sent
+        again: deque[Task] = deque()  # tasks of a dead worker, to send again
+        held_back: list[Task] | None = None  # a large batch waiting for an idle worker
+        ended = False
+        while True:
+            if self.cancelled():
+                return
+            while len(sent) < depth and (proc.ready or not timed):
+                if held_back is not None:
+                    if sent:
+                        break
+                    batch, held_back = held_back, None
+                elif again:
+                    batch = [again.popleft() for _ in range(min(len(again), self._limit(timed)))]
+                elif not ended:
+                    taken = work.next_tasks(self._limit(timed), block=not sent)
+                    if taken is None:
+                        ended = True
+                        break
+                    if not taken:
+                        break
+                    batch = taken
+                else:
+                    break
+                message = self._calls_message(batch, proc.pid)
+                if message is None:
+                    continue
+                if len(message) > PIPE_SAFE and sent:
+                    held_back = batch
+                    break
+                for task in batch:
+                    held[task.seq] = task
+                sent.append(([t.seq for t in batch], time.monotonic()))
+                with contextlib.suppress(OSError):  # a dead worker shows in its sentinel
+                    proc.tasks.send_bytes(message)
+            if not sent and (proc.ready or not timed):
+                if ended and not again and held_back is None:
+                    with contextlib.suppress(OSError):
+                        proc.send(("end",))
+                    return
+                continue
+            timeout = None
+            if timed and sent:
+                assert work.options.timeout is not None
+                timeout = max(0.0, sent[0][1] + work.options.timeout - time.monotonic())
+            ready: list[Any] = multiprocessing.connection.wait(
+                [proc.results, proc.sentinel, self._wake_r], timeout
+            )
+            if proc.results in ready or (proc.sentinel in ready and proc.results.poll()):
+                try:
+                    message = pickle.loads(proc.results.recv_bytes())
+                except (EOFError, OSError):
+                    message = None
+                if message is not None:
+                    self._handle(proc, message, held, sent)
+                    continue
+            if proc.sentinel in ready or (not ready and timed and sent):
+                late = not ready
+                proc = self._replace(slot, proc, held, sent, again, late)
+                continue
+            if self._wake_r in ready and self.cancelled():
+                return
+
+    def _limit(self, timed: bool) -> int:
+        """Items in the next batch: about BATCH_S of work and BATCH_BYTES of results."""
+        if timed or self._avg_s is None:
+            return 1
+        by_time = int(BATCH_S / max(self._avg_s, 1e-7))
+        by_bytes = int(BATCH_BYTES / max(self._avg_bytes, 1.0))
+        return max(1, min(MAX_BATCH, by_time, by_bytes))
+
+    def _calls_message(self, batch: list[Task], pid: int) -> bytes | None:
+        """The pipe message for ``batch``; an item that cannot be pickled is finished as an
+        error at once (and left out)."""
+        entries = []
+        for task in batch:
+            try:
+                data, places = encode(task.value, self.pool, pid, cloudpickle.dumps)
+            except Exception as exc:
+                error = _TransitError(f"item {task.key} could not be pickled", exc)
+                self.work.finish(Outcome(task, None, error, format_traceback(exc)))
+                continue
+            entries.append((task.seq, task.key, data, places))
+        if not entries:
+            return None
+        return pickle.dumps(("calls", entries), protocol=5)
+
+    def _handle(
+        self,
+        proc: Proc,
+        message: tuple[Any, ...],
+        held: dict[int, Task],
+        sent: deque[tuple[list[int], float]],
+    ) -> None:
+        kind = message[0]
+        if kind == "ready":
+            proc.ready = True
+        elif kind == "log":
+            self._log(proc, message[1])
+        elif kind == "setup":
+            self.work.setup_failed(_load_error(message[1]), message[2], None)
+            raise Cancelled
+        elif kind == "done":
+            sent.popleft()
+            total_s = 0.0
+            total_bytes = 0
+            for seq, ok, data, places, tb, busy in message[1]:
+                task = held.pop(seq)
+                total_s += busy
+                total_bytes += len(data) + sum(p[2] for p in places)
+                self.work.finish(self._outcome(task, ok, data, places, tb, busy))
+            self._learn(len(message[1]), total_s, total_bytes)
+
+    def _outcome(
+        self, task: Task, ok: bool, data: bytes, places: list[Any], tb: str, busy: float
+    ) -> Outcome:
+        if not ok:
+            return Outcome(task, None, _load_error(data), tb, busy)
+        try:
+            outputs = decode(data, places, self.mapper)
+        except Exception as exc:
+            error = _TransitError(f"the result of item {task.key} could not be unpickled", exc)
+            return Outcome(task, None, error, format_traceback(exc), busy)
+        return Outcome(task, outputs, busy_s=busy)
+
+    def _learn(self, items: int, seconds: float, size: int) -> None:
+        if items == 0:
+            return
+        per_item, per_bytes = seconds / items, size / items
+        if self._avg_s is None:
+            self._avg_s, self._avg_bytes = per_item, per_bytes
+        else:
+            self._avg_s = 0.7 * self._avg_s + 0.3 * per_item
+            self._avg_bytes = 0.7 * self._avg_bytes + 0.3 * per_bytes
+
+    def _replace(
+        self,
+        slot: int,
+        proc: Proc,
+        held: dict[int, Task],
+        sent: deque[tuple[list[int], float]],
+        again: deque[Task],
+        late: bool,
+    ) -> Proc:
+        """The worker died (or ran late): settle its items and start a fresh one."""
+        running = struct.unpack_from("<q", self._progress, 8 * slot)[0]
+        if late:
+            proc.kill()
+        proc.process.join(1.0)
+        self._retire(proc, 0.0)
+        culprit = held.pop(running, None) if running != _IDLE else None
+        if late and culprit is None and held:
+            culprit = held.pop(next(iter(held)))
+        again.extend(held.values())  # in order: they were queued behind the culprit
+        held.clear()
+        sent.clear()
+        if self.cancelled():
+            raise Cancelled
+        if late:
+            assert culprit is not None and self.work.options.timeout is not None
+            error = timeout_error(self.work.name, culprit.key, self.work.options.timeout)
+            self.work.finish(Outcome(culprit, None, error, "", self.work.options.timeout))
+        else:
+            self._settle(proc, culprit, again)
+        return self._start(slot)
+
+    def _settle(self, proc: Proc, task: Task | None, again: deque[Task]) -> None:
+        """Report a crash: the item it held fails (or is retried); a crash loop ends the run."""
+        work = self.work
+        now = time.monotonic()
+        self._crash_times.append(now)
+        while self._crash_times and self._crash_times[0] < now - CRASH_WINDOW_S:
+            self._crash_times.popleft()
+        held = f"while running item {task.key}" if task is not None else "between items"
+        what = f"stage {work.name!r}: worker process {proc.pid} {proc.describe_exit()} {held}"
+        key = None if task is None else task.key
+        crashes = 0
+        if task is not None:
+            crashes = self._crashes[task.seq] = self._crashes.get(task.seq, 0) + 1
+        loop = None
+        if crashes >= 2:
+            loop = f"{what}, the second time this item crashed a worker"
+        elif len(self._crash_times) >= CRASH_LOOP:
+            loop = f"{what}: {len(self._crash_times)} workers died within {CRASH_WINDOW_S:g} s"
+        if loop is not None:
+            error = _crash(f"{loop}; stopping (crash loop)", work.name, proc, key)
+            work.setup_failed(error, "", key)
+            raise Cancelled
+        if task is None:
+            return
+        if crashes <= work.options.retries:
+            again.appendleft(task)
+            return
+        work.finish(Outcome(task, None, _crash(what, work.name, proc, key), ""))
+
+    def _log(self, proc: Proc, fields: dict[str, Any]) -> None:
+        record = logging.makeLogRecord(fields)
+        record.processName = f"{self.work.name}/worker-{proc.process.name.rsplit('-', 1)[-1]}"
+        record.headrace_stage = self.work.name
+        record.headrace_worker = proc.pid
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+    # --- stream stages: a feeder thread sends, the supervisor receives -------------------
+
+    def _run_stream(self, proc: Proc) -> None:
+        feeder = threading.Thread(
+            target=self._feed,
+            args=(proc,),
+            name=f"{threading.current_thread().name}-feed",
+            daemon=True,
+        )
+        feeder.start()
+        with self._lock:
+            self._feeders.append(feeder)
+        while True:
+            ready = multiprocessing.connection.wait([proc.results, proc.sentinel, self._wake_r])
+            if proc.results in ready or (proc.sentinel in ready and proc.results.poll()):
+                try:
+                    message = pickle.loads(proc.results.recv_bytes())
+                except (EOFError, OSError):
+                    continue
+                if message[0] == "finished":
+                    return
+                self._handle_stream(proc, message)
+                continue
+            if proc.sentinel in ready:
+                proc.process.join(1.0)
+                what = (
+                    f"stage {self.work.name!r}: worker process {proc.pid} "
+                    f"{proc.describe_exit()} while running the stage's function"
+                )
+                self.work.setup_failed(_crash(what, self.work.name, proc, None), "", None)
+                raise Cancelled
+            if self.cancelled():
+                return
+
+    def _feed(self, proc: Proc) -> None:
+        try:
+            for key, value in enumerate(self.work.stream_inputs()):
+                data, places = encode(value, self.pool, proc.pid, cloudpickle.dumps)
+                proc.send(("items", [(key, data, places)]))
+            proc.send(("end",))
+        except (Cancelled, StopStage, OSError, EOFError):
+            pass
+        except Exception as exc:
+            self.work.stream_failed(_TransitError("an item could not be pickled", exc), "")
+
+    def _handle_stream(self, proc: Proc, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "log":
+            self._log(proc, message[1])
+        elif kind == "out":
+            for data, places in message[1]:
+                self.work.emit(decode(data, places, self.mapper))
+        elif kind == "failed":
+            self.work.stream_failed(_load_error(message[1]), message[2])
+        elif kind == "setup":
+            self.work.setup_failed(_load_error(message[1]), message[2], None)
+            raise Cancelled
+
+    # --- the end ------------------------------------------------------------------------
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # a second Ctrl-C while closing: kill at once
+            self.closing = True
+            _kill_all(self._procs, None)
+            raise
+        if any(t.is_alive() for t in self._threads):
+            self.closing = True
+            self.wake()
+            _kill_all(self._procs, None)
+            for thread in self._threads:
+                thread.join(0.5)
+        with self._lock:
+            feeders = list(self._feeders)
+        for feeder in feeders:
+            feeder.join(max(0.0, deadline - time.monotonic()))
+        alive = any(t.is_alive() for t in self._threads + feeders)
+        if not alive:
+            self._cleanup()
+        return not alive
+
+    def _cleanup(self) -> None:
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            proc.close_pipes()
+        self.pool.close()
+        self.mapper.close()
+        with contextlib.suppress(BufferError, ValueError):
+            self._progress.close()
+        remove_run(self.token)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._finalizer.cancel()
+
+
+def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrashedError:
+    return WorkerCrashedError(
+        message, stage=stage, worker=str(proc.pid), exitcode=proc.process.exitcode, index=key
+    )
+
+
+def _cancelled(work: StageWork) -> bool:
+    execution = getattr(work, "execution", None)
+    return bool(execution is not None and execution.state.cancelled)
+
+
+def _create_progress(name: str, workers: int) -> mmap.mmap:
+    """The shared board where each worker writes the seq of the item it runs."""
+    board = create(name, max(HEADER, 8 * workers))
+    for slot in range(workers):
+        struct.pack_into("<q", board, 8 * slot, _IDLE)
+    return board
+
+
+def _kill_all(procs: dict[int, Proc], token: str | None) -> None:
+    """Kill every worker at once (interpreter exit, a second Ctrl-C, a close that ran late)."""
+    for proc in list(procs.values()):
+        proc.kill()
+    for proc in list(procs.values()):
+        with contextlib.suppress(Exception):
+            proc.process.join(1.0)
+    if token is not None:
+        remove_run(token)
+
+
+def _load_error(data: bytes) -> BaseException:
+    try:
+        error = pickle.loads(data)
+    except Exception as exc:
+        return RemoteError(type(exc).__name__, f"an exception could not be unpickled: {exc}")
+    if isinstance(error, BaseException):
+        return error
+    return RemoteError(type(error).__name__, shorten(repr(error)))

@@ -1,0 +1,357 @@
+"""Shared memory for arrays that cross processes, and the codec that uses it.
+
+Owns: `SlotPool` (one sending process's reusable shared-memory slots), `Mapper` (a receiving
+process's view of other processes' slots), `encode` / `decode` (pickle protocol 5 with the
+large buffers out of band), `remove_run` (the clean-up of a run's segments).
+
+How an array crosses (one copy per hop, the fewest possible for an array the user allocated in
+private memory):
+
+    sender: pickle.dumps(protocol=5) hands every contiguous buffer >= THRESHOLD bytes to
+            `SlotPool.take`, which copies it into a free slot (copy 1) and marks the slot
+            in use for the receiver; the pipe carries the pickle (dtype, shape) and the slot's
+            name, offset and length.
+    receiver: maps the slot (kept mapped: its pages are faulted in once) and unpickles with the
+            slot's memory as the array's buffer: no copy. When the array and every view of it
+            are gone, a finalizer marks the slot free, and the sender reuses it.
+
+A slot is a file in /dev/shm named ``hr-<run token>-<pid>-<n>``, random per run, created with
+O_EXCL and mode 0600, its size reserved with posix_fallocate (a full /dev/shm is a fallback to
+the pipe, never a SIGBUS later). Each slot starts with a 64-byte header: magic, state (free / in
+use), capacity, and the pid of the process that holds it. A receiver checks the header before
+it reads. Slots are registered with multiprocessing's resource tracker, which removes them if
+every process of the run is killed; `remove_run` removes them when the run ends.
+
+Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports nothing
+from headrace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import pickle
+import secrets
+import struct
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHM_DIR = Path("/dev/shm")
+#: Buffers at least this large travel through shared memory; smaller ones in the pipe (a
+#: pipe round trip of 64 KiB costs about what mapping and freeing a slot does).
+THRESHOLD = 64 * 1024
+#: Default byte budget of all the slots of one run: at most this much...
+DEFAULT_BUDGET = 2 * 2**30
+#: ...and at most this fraction of the free space in /dev/shm.
+SHM_FRACTION = 0.25
+
+HEADER = 64
+_MAGIC = b"HRS1"
+_FREE, _USED = 0, 1
+# magic, state, capacity (data bytes), holder pid
+_LAYOUT = struct.Struct("<4sBxxxQq")
+_STATE_OFFSET = 4
+_HOLDER_OFFSET = 16
+
+
+def run_token() -> str:
+    """A fresh random name part for one run's segments."""
+    return secrets.token_hex(6)
+
+
+def default_budget() -> int:
+    """The byte budget of a run's slots when ``memory=`` is not given."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return int(min(DEFAULT_BUDGET, st.f_bavail * st.f_frsize * SHM_FRACTION))
+
+
+def _register(name: str) -> None:
+    from multiprocessing import resource_tracker
+
+    resource_tracker.register("/" + name, "shared_memory")
+
+
+def _unregister(name: str) -> None:
+    from multiprocessing import resource_tracker
+
+    with contextlib.suppress(Exception):
+        resource_tracker.unregister("/" + name, "shared_memory")
+
+
+def create(name: str, size: int) -> mmap.mmap:
+    """A new private segment of ``size`` bytes, reserved up front and registered for clean-up;
+    OSError (e.g. ENOSPC) if /dev/shm cannot hold it."""
+    path = SHM_DIR / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)  # reserve now: a full /dev/shm is an error here,
+        memory = mmap.mmap(fd, size)  # not a SIGBUS when a page is first touched
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    _register(name)
+    return memory
+
+
+def attach(name: str) -> mmap.mmap:
+    """Map an existing segment of this run."""
+    if not name.startswith("hr-") or "/" in name:
+        raise ValueError(f"not a headrace shared-memory segment: {name!r}")
+    fd = os.open(SHM_DIR / name, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def remove_run(token: str) -> int:
+    """Remove every segment of the run ``token`` (whichever process made it); how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(SHM_DIR):
+            if entry.name.startswith(f"hr-{token}-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    _unregister(entry.name)
+                    removed += 1
+    return removed
+
+
+@dataclass(slots=True)
+class Slot:
+    name: str
+    capacity: int
+    memory: mmap.mmap
+
+    @property
+    def state(self) -> int:
+        return self.memory[_STATE_OFFSET]
+
+    def hold(self, pid: int) -> None:
+        struct.pack_into("<q", self.memory, _HOLDER_OFFSET, pid)
+        self.memory[_STATE_OFFSET] = _USED
+
+    def holder(self) -> int:
+        return int(struct.unpack_from("<q", self.memory, _HOLDER_OFFSET)[0])
+
+
+class SlotPool:
+    """The slots one process sends from: created on demand up to ``budget`` bytes, reused.
+
+    A slot is taken for a buffer when a free one fits it (at most twice its size, so large
+    slots are not tied up by small buffers); otherwise a new slot is made if the budget allows,
+    after dropping free slots that do not fit. If neither works the buffer goes in band.
+    """
+
+    def __init__(self, token: str, budget: int) -> None:
+        self.token = token
+        self.budget = budget
+        self._slots: list[Slot] = []
+        self._bytes = 0
+        self._count = 0
+        self._lock = threading.Lock()
+        self._warned = False
+        self.fallbacks = 0  # buffers that went in band for want of a slot
+
+    def take(self, size: int, holder: int) -> Slot | None:
+        with self._lock:
+            for slot in self._slots:
+                if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
+                    slot.hold(holder)
+                    return slot
+            capacity = _round_up(size)
+            if self._bytes + capacity > self.budget:
+                self._drop_free(self._bytes + capacity - self.budget)
+            if self._bytes + capacity > self.budget:
+                self.fallbacks += 1
+                return None
+            made = self._create(capacity)
+            if made is None:
+                self.fallbacks += 1
+                return None
+            made.hold(holder)
+            return made
+
+    def _create(self, capacity: int) -> Slot | None:
+        self._count += 1
+        name = f"hr-{self.token}-{os.getpid()}-{self._count}"
+        try:
+            memory = create(name, HEADER + capacity)
+        except OSError as exc:
+            self._warn(f"cannot reserve {HEADER + capacity} bytes in {SHM_DIR}: {exc}")
+            return None
+        _LAYOUT.pack_into(memory, 0, _MAGIC, _FREE, capacity, 0)
+        slot = Slot(name, capacity, memory)
+        self._slots.append(slot)
+        self._bytes += capacity
+        return slot
+
+    def _drop_free(self, needed: int) -> None:
+        for slot in sorted(self._slots, key=lambda s: s.capacity):
+            if needed <= 0:
+                return
+            if slot.state == _FREE:
+                self._slots.remove(slot)
+                self._bytes -= slot.capacity
+                needed -= slot.capacity
+                self._destroy(slot)
+
+    def _destroy(self, slot: Slot) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(SHM_DIR / slot.name)
+            _unregister(slot.name)
+        with contextlib.suppress(BufferError):
+            slot.memory.close()
+
+    def release_held_by(self, pid: int) -> int:
+        """Free the slots a dead process held; how many."""
+        freed = 0
+        with self._lock:
+            for slot in self._slots:
+                if slot.state == _USED and slot.holder() == pid:
+                    slot.memory[_STATE_OFFSET] = _FREE
+                    freed += 1
+        return freed
+
+    @property
+    def in_use(self) -> int:
+        return sum(s.state == _USED for s in self._slots)
+
+    @property
+    def reserved(self) -> int:
+        return self._bytes
+
+    def close(self) -> None:
+        """Remove every slot of this pool (the caller knows no receiver still needs one)."""
+        with self._lock:
+            for slot in self._slots:
+                self._destroy(slot)
+            self._slots.clear()
+            self._bytes = 0
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"headrace: {message}; arrays go through the pipe instead of shared memory "
+                "(slower). Free space in /dev/shm or lower memory=.",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+def _round_up(size: int) -> int:
+    """Slot capacities: powers of two up to 1 MiB, then whole MiB."""
+    if size <= 2**20:
+        return max(THRESHOLD, 1 << (size - 1).bit_length())
+    return -(-size // 2**20) * 2**20
+
+
+class Mapper:
+    """A receiving process's maps of other processes' slots, kept while the run lasts."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()
+
+    def view(self, name: str, offset: int, length: int) -> memoryview:
+        memory = self._map(name)
+        magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
+        if magic != _MAGIC or state != _USED or offset + length > capacity:
+            raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
+        view = memoryview(memory)[HEADER + offset : HEADER + offset + length]
+        weakref.finalize(view, _free, memory)
+        return view
+
+    def _map(self, name: str) -> mmap.mmap:
+        with self._lock:
+            memory = self._maps.get(name)
+            if memory is None:
+                memory = self._maps[name] = attach(name)
+            return memory
+
+    def close(self) -> None:
+        """Forget the maps; one still viewed by an array lives until that array is gone."""
+        with self._lock:
+            self._maps.clear()
+
+
+def _free(memory: mmap.mmap) -> None:
+    with contextlib.suppress(ValueError):  # closed meanwhile
+        memory[_STATE_OFFSET] = _FREE
+
+
+# --- the codec ------------------------------------------------------------------------------
+
+#: Where one out-of-band buffer lives: (slot name, offset, length).
+Place = tuple[str, int, int]
+
+
+def encode(
+    obj: Any,
+    pool: SlotPool | None,
+    holder: int,
+    fallback: Callable[..., bytes] | None = None,
+) -> tuple[bytes, list[Place]]:
+    """Pickle ``obj``; large contiguous buffers go to slots of ``pool`` for ``holder``. An
+    object plain pickle refuses (a lambda, a local class) is pickled with ``fallback``."""
+    try:
+        return _encode(obj, pool, holder, pickle.dumps)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        if fallback is None:
+            raise
+    return _encode(obj, pool, holder, fallback)
+
+
+def _encode(
+    obj: Any, pool: SlotPool | None, holder: int, dumps: Callable[..., bytes]
+) -> tuple[bytes, list[Place]]:
+    if pool is None:
+        return dumps(obj, protocol=5), []
+    places: list[Place] = []
+    taken: list[Slot] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < THRESHOLD:
+            return True
+        slot = pool.take(raw.nbytes, holder)
+        if slot is None:
+            return True
+        memoryview(slot.memory)[HEADER : HEADER + raw.nbytes] = raw
+        taken.append(slot)
+        places.append((slot.name, 0, raw.nbytes))
+        return False
+
+    try:
+        data = dumps(obj, protocol=5, buffer_callback=out_of_band)
+    except BaseException:
+        for slot in taken:
+            slot.memory[_STATE_OFFSET] = _FREE
+        raise
+    return data, places
+
+
+def decode(
+    data: bytes, places: list[Place], mapper: Mapper, loads: Callable[..., Any] = pickle.loads
+) -> Any:
+    if not places:
+        return loads(data)
+    views = [mapper.view(*place) for place in places]
+    try:
+        return loads(data, buffers=views)
+    except BaseException:
+        for view in views:  # the object never came to be: free its slots now
+            view.release()
+        raise
