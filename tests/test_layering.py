@@ -34,6 +34,12 @@ RANKS: dict[str, int] = {
     "_files": 6,
     "_arrays": 6,
     "_monitor": 6,
+    "_streamer": 6,  # stream sampling (DESIGN §2.4): Streamer, muxes, samplers, ZeroMQ
+    "_mux": 6,
+    "_samplers": 6,
+    "_wire": 6,
+    "_zmq": 6,
+    "_adapters": 6,
     "": 7,  # __init__.py, the public API
     "_cli": 7,
     "__main__": 7,

@@ -20,26 +20,40 @@ from ._errors import (
     WorkerCrashedError,
 )
 from ._monitor import Report
+from ._mux import ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
+from ._samplers import sample_npy, sample_npz
+from ._streamer import Streamer
 from ._streams import Run, Stream, from_iterable, merge, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
+from ._wire import FrameError
+from ._zmq import ZMQStreamer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainMux",
     "ClosedError",
     "ErrorRecord",
+    "FrameError",
     "GraphError",
     "HeadraceError",
     "Report",
+    "RoundRobinMux",
     "Run",
+    "ShuffledMux",
     "StageSnapshot",
     "StageTimeoutError",
+    "StochasticMux",
     "Stream",
+    "Streamer",
     "WorkerCrashedError",
+    "ZMQStreamer",
     "from_iterable",
     "merge",
     "rng",
     "run",
+    "sample_npy",
+    "sample_npz",
     "to_dot",
     "zip",
 ]

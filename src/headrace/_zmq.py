@@ -1,0 +1,356 @@
+"""Background streaming over ZeroMQ: a Streamer runs in its own process (Pescador's
+``ZMQStreamer``).
+
+Owns: `ZMQStreamer` and the background process's main function. Data flow of one pass::
+
+    consumer (this process)                          background process (fresh interpreter)
+    control pipe: the pass, then held open  ------>  reads the pass; exits when the pipe closes
+    PULL socket, bound to ipc://<0700 dir>/s  <----  PUSH socket: [tag, header, raw buffers]
+    poll(socket, status pipe)                 <----  status pipe: the exception, pickled, if
+                                                     the streamer failed; EOF when it dies
+
+Items cross the socket as a JSON header plus raw array bytes (`_wire`), authenticated with a
+per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). The
+consumer waits on the socket and the status pipe together, so a dead process is an error, never
+a hang. The process is a fresh interpreter (``python -c``), as with the spawn start method but
+without re-running the caller's main script, so scripts need no ``if __name__ == "__main__"``
+guard (pescador's examples have none). ``pyzmq`` is imported only when a pass starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ._errors import WorkerCrashedError, deliver, format_traceback
+from ._streamer import Streamer, as_streamer, check_max_items, check_positive
+from ._wire import END, ERROR, decode, encode, encode_end
+
+#: Messages each side's socket queues before the producer waits (ZeroMQ's high-water mark).
+#: Up to about twice this many items wait in memory; 16 rides out a hiccup of either side.
+PREFETCH = 16
+#: Seconds the background process gets to exit after a pass ends before it is terminated.
+JOIN_TIMEOUT = 5.0
+#: After the process has died, milliseconds to keep reading items already on their way.
+DRAIN_MS = 200
+TRANSPORTS = ("ipc", "tcp")
+_LENGTH = struct.Struct("<Q")
+_NO_ZMQ = 'ZMQStreamer needs pyzmq: pip install "headrace[zmq]"'
+
+
+class ZMQStreamer(Streamer):
+    """Run a Streamer in a background process and receive its items over ZeroMQ.
+
+    Each pass (each iteration) starts a process that iterates ``streamer`` and sends its
+    items; the consumer receives them as they come, so producing overlaps with consuming.
+    Items may be NumPy arrays (any dtype but object / structured), numbers, strings, bytes,
+    and dicts / lists / tuples of them; arrays travel as raw bytes and arrive as read-only,
+    aligned arrays (``copy=True``: writable copies). A streamer with a random state is sent as
+    a re-seeded copy each pass, so passes differ, reproducibly.
+
+    Parameters
+    ----------
+    streamer : Streamer or iterable
+        What to run in the background (sent with cloudpickle, so lambdas work).
+    prefetch : int
+        Messages queued on each side before the producer waits.
+    copy : bool
+        Give writable copies of arrays instead of read-only views of the received messages.
+    allow_pickle : bool
+        Send other objects pickled. A pickled buffer is unpickled only after its digest is
+        checked against the authenticated header.
+    transport : {"ipc", "tcp"}
+        ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only.
+    timeout : float
+        Seconds the process gets to exit after a pass before it is terminated.
+
+    Examples
+    --------
+    >>> import headrace as hr, numpy as np
+    >>> def batches(n):
+    ...     for i in range(n):
+    ...         yield {"X": np.full((2, 3), i), "i": i}
+    >>> z = hr.ZMQStreamer(hr.Streamer(batches, 4))  # doctest: +SKIP
+    >>> [b["i"] for b in z]  # doctest: +SKIP
+    [0, 1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        streamer: Any,
+        *,
+        prefetch: int = PREFETCH,
+        copy: bool = False,
+        allow_pickle: bool = False,
+        transport: str = "ipc",
+        timeout: float = JOIN_TIMEOUT,
+    ) -> None:
+        self.streamer = as_streamer(streamer)
+        self.prefetch = check_positive(prefetch, "prefetch")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self.copy = bool(copy)
+        self.allow_pickle = bool(allow_pickle)
+        self.transport = transport
+        self.timeout = float(timeout)
+
+    def __repr__(self) -> str:
+        return f"<ZMQStreamer of {self.streamer!r}>"
+
+    def _detached(self) -> Streamer:
+        return self  # its streamer is detached when each pass starts
+
+    def _open(self) -> Iterator[Any]:
+        return self._receive(None, False)
+
+    def iterate(self, max_items: int | None = None) -> Iterator[Any]:
+        """A pass of at most ``max_items`` items, bounded in the background process too."""
+        return self._receive(check_max_items(max_items), False)
+
+    def cycle(self, max_items: int | None = None) -> Iterator[Any]:
+        """The streamer cycled in the background process (one process for the whole cycle)."""
+        return self._receive(check_max_items(max_items), True)
+
+    def _receive(self, limit: int | None, cycle: bool) -> Iterator[Any]:
+        try:
+            import zmq  # noqa: F401  (fail here, in the caller, not in the background)
+        except ImportError:
+            raise ImportError(_NO_ZMQ) from None
+        import cloudpickle
+
+        try:
+            payload = cloudpickle.dumps(self.streamer._detached())
+        except Exception as exc:
+            raise TypeError(
+                f"the streamer cannot be sent to the background process: {exc!r:.300}; make "
+                "its function and arguments picklable"
+            ) from exc
+        return self._background_pass(payload, limit, cycle)
+
+    def _background_pass(self, payload: bytes, limit: int | None, cycle: bool) -> Iterator[Any]:
+        import cloudpickle
+        import zmq
+
+        key = secrets.token_bytes(32)
+        context = zmq.Context()
+        tmpdir: str | None = None
+        proc: subprocess.Popen[bytes] | None = None
+        control: BinaryIO | None = None
+        status: BinaryIO | None = None
+        try:
+            sock = context.socket(zmq.PULL)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.prefetch)
+            if self.transport == "ipc":
+                tmpdir = tempfile.mkdtemp(prefix="headrace-zmq-")  # mode 0700
+                address = f"ipc://{os.path.join(tmpdir, 's')}"
+                sock.bind(address)
+            else:
+                address = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
+            proc, control, status = _start(sys.executable)
+            job = {
+                "payload": payload,
+                "address": address,
+                "key": key,
+                "limit": limit,
+                "cycle": cycle,
+                "prefetch": self.prefetch,
+                "allow_pickle": self.allow_pickle,
+            }
+            with contextlib.suppress(OSError):  # it died at start: reported below
+                _send_blob(control, cloudpickle.dumps(job))
+            yield from self._consume(zmq, sock, proc, status, key)
+        finally:
+            if control is not None:
+                with contextlib.suppress(OSError):
+                    control.close()  # the background process exits when this pipe closes
+            if proc is not None:
+                _stop(proc, self.timeout)
+            if status is not None:
+                status.close()
+            context.destroy(linger=0)
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _consume(
+        self, zmq: Any, sock: Any, proc: subprocess.Popen[bytes], status: BinaryIO, key: bytes
+    ) -> Iterator[Any]:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(status.fileno(), zmq.POLLIN)
+        error: bytes | None = None
+        dead = False
+        seq = 0
+        while True:
+            ready = dict(poller.poll())
+            if status.fileno() in ready:
+                poller.unregister(status.fileno())  # one message at most, then end of file
+                error = _read_blob(status)
+                dead = error is None
+            if sock in ready:
+                frames = sock.recv_multipart(copy=False)
+                kind, item = decode(
+                    frames, seq=seq, key=key, allow_pickle=self.allow_pickle, copy=self.copy
+                )
+                seq += 1
+                if kind == END:
+                    return
+                if kind == ERROR:
+                    raise _failure(error if error is not None else _read_blob(status), seq - 1)
+                yield item
+            elif dead:
+                if sock.poll(DRAIN_MS):
+                    continue  # items still on their way: read them first
+                raise _crashed(proc, seq)
+
+
+def _start(python: str) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
+    """Start the background interpreter with its control and status pipes."""
+    control_r, control_w = os.pipe()
+    status_r, status_w = os.pipe()
+    paths = [p for p in sys.path if isinstance(p, str)]
+    code = (
+        f"import sys; sys.path[:0] = {paths!r}; "
+        f"from headrace._zmq import background_main; background_main({control_r}, {status_w})"
+    )
+    try:
+        proc = subprocess.Popen(
+            [python, "-c", code], stdin=subprocess.DEVNULL, pass_fds=(control_r, status_w)
+        )
+    except BaseException:
+        for fd in (control_r, control_w, status_r, status_w):
+            os.close(fd)
+        raise
+    os.close(control_r)
+    os.close(status_w)
+    return proc, os.fdopen(control_w, "wb"), os.fdopen(status_r, "rb")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for the process to exit; terminate it, then kill it, if it does not."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+        return
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(1.0)
+        return
+    proc.kill()
+    proc.wait()
+
+
+def _crashed(proc: subprocess.Popen[bytes], seq: int) -> WorkerCrashedError:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(1.0)
+    code = proc.returncode
+    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return WorkerCrashedError(
+        f"the ZMQStreamer background process (pid {proc.pid}) died ({how}) after {seq} items, "
+        "before the end of its stream",
+        stage="ZMQStreamer",
+        worker=f"pid {proc.pid}",
+        exitcode=code,
+        index=seq,
+    )
+
+
+def _send_blob(pipe: BinaryIO, blob: bytes) -> None:
+    pipe.write(_LENGTH.pack(len(blob)))
+    pipe.write(blob)
+    pipe.flush()
+
+
+def _read_blob(pipe: BinaryIO) -> bytes | None:
+    """One length-prefixed message, or None at the end of the pipe."""
+    head = pipe.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    blob = pipe.read(size)
+    return blob if len(blob) == size else None
+
+
+def _failure(blob: bytes | None, index: int) -> BaseException:
+    """The background process's exception, with its traceback as ``__cause__``."""
+    import cloudpickle
+
+    # These bytes come from our own child over an anonymous OS pipe, not from a socket.
+    try:
+        exc, tb_text = cloudpickle.loads(blob or b"")
+    except Exception as why:
+        return WorkerCrashedError(
+            f"the ZMQStreamer background process failed at item {index} and its error could "
+            f"not be read back: {why!r}",
+            stage="ZMQStreamer",
+            index=index,
+        )
+    return deliver(exc, stage="ZMQStreamer", index=index, tb_text=tb_text)
+
+
+# --- the background process -----------------------------------------------------------------
+
+
+def _exit_when_told(control: BinaryIO) -> None:
+    """Exit the process as soon as the consumer closes the control pipe (or dies)."""
+    with contextlib.suppress(OSError):
+        while control.read(4096):
+            pass
+    os._exit(0)
+
+
+def background_main(control_fd: int, status_fd: int) -> None:
+    """Read the pass from the control pipe, iterate the streamer and send its items."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
+    for fd in (control_fd, status_fd):
+        os.set_inheritable(fd, False)  # processes the streamer starts must not hold them
+    control = os.fdopen(control_fd, "rb")
+    status = os.fdopen(status_fd, "wb")
+    import cloudpickle
+
+    blob = _read_blob(control)
+    if blob is None:
+        os._exit(0)  # the consumer went away before the pass began
+    job = cloudpickle.loads(blob)
+    threading.Thread(target=_exit_when_told, args=(control,), daemon=True).start()
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, job["prefetch"])
+    sock.connect(job["address"])
+    key, seq = job["key"], 0
+    try:
+        streamer: Streamer = cloudpickle.loads(job["payload"])
+        limit = job["limit"]
+        items = streamer.cycle(limit) if job["cycle"] else streamer.iterate(limit)
+        for item in items:
+            sock.send_multipart(encode(item, seq=seq, key=key, allow_pickle=job["allow_pickle"]))
+            seq += 1
+        sock.send_multipart(encode_end(seq=seq, key=key))
+    except BaseException as exc:
+        tb_text = format_traceback(exc)
+        if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: not the consumer's
+            exc = WorkerCrashedError(
+                f"the streamer raised {type(exc).__name__}({exc}) in the background process",
+                stage="ZMQStreamer",
+                index=seq,
+            )
+        try:
+            blob = cloudpickle.dumps((exc, tb_text))
+        except Exception:
+            blob = cloudpickle.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb_text))
+        _send_blob(status, blob)
+        sock.send_multipart(encode_end(seq=seq, key=key, kind=ERROR))
+    threading.Event().wait()  # until the consumer closes the control pipe: see _exit_when_told
