@@ -1,8 +1,9 @@
 """The ``headrace`` command line.
 
-Owns: argument parsing and the subcommands (today ``demo``: a built-in pipeline on generated
-data, the "does it work on this machine" command). Built only on the public API, like a user's
-program; imports nothing private from headrace.
+Owns: argument parsing and the subcommands: ``demo`` (a built-in pipeline on generated data, the
+"does it work on this machine" command) and ``bench`` (headrace against its peers: it runs the
+benchmark suite of the source checkout, ``benchmarks/``). Built only on the public API, like a
+user's program; imports nothing private from headrace.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import argparse
 import importlib.metadata
 import importlib.util
 import math
+import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -158,6 +161,62 @@ def _check(items: int, trainer: Trainer, values: list[float]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# bench: the suite lives in the source checkout, beside src/
+
+#: A path to the suite's folder, for a headrace that is not installed from its checkout.
+BENCH_ENV = "HEADRACE_BENCHMARKS"
+
+
+def _bench_folder() -> Path:
+    """``$HEADRACE_BENCHMARKS``, else ``benchmarks/`` of the checkout headrace is installed from."""
+    if os.environ.get(BENCH_ENV):
+        return Path(os.environ[BENCH_ENV])
+    # src/headrace/__init__.py -> the checkout's root (an editable install runs from there)
+    return Path(hr.__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load_bench_suite(folder: Path) -> ModuleType | None:
+    """Import the suite as the package ``benchmarks`` from ``folder``; None if it is not there."""
+    init = folder / "__init__.py"
+    if not init.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks", init, submodule_search_locations=[str(folder)]
+    )
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmarks"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(args: Any, argv: Sequence[str]) -> int:
+    folder = _bench_folder()
+    suite = _load_bench_suite(folder)
+    if suite is None:
+        print(
+            f"headrace bench: no benchmark suite at {folder}. The suite ships with the source "
+            'checkout: install headrace from it (pip install -e ".[bench]"), or set '
+            f"{BENCH_ENV} to its benchmarks/ folder.",
+            file=sys.stderr,
+        )
+        return 2
+    code = suite.run_bench(
+        quick=args.quick,
+        workloads=args.workload,
+        json_path=args.json,
+        peers=not args.no_peers,
+        systems=args.system,
+        backend=args.backend,
+        repeats=args.repeats,
+        memory=args.memory,
+        command=" ".join(["headrace", *argv]),
+    )
+    return int(code)
+
+
+# ---------------------------------------------------------------------------------------------
 # the parser
 
 
@@ -196,6 +255,52 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument(
         "--no-progress", action="store_true", help="do not show live progress on stderr"
     )
+    bench_parser = commands.add_parser(
+        "bench",
+        help="compare headrace with the peers installed on this machine",
+        description=(
+            "Run the benchmark suite (benchmarks/ in the source checkout): each workload with "
+            "headrace and with every installed peer, each in a fresh interpreter, repetitions "
+            "interleaved; print the tables. Peers come with the bench extra: "
+            'pip install -e ".[bench]".'
+        ),
+    )
+    bench_parser.add_argument(
+        "--quick", action="store_true", help="smaller jobs, one repetition, no memory run (< 1 min)"
+    )
+    bench_parser.add_argument(
+        "--workload",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="only these workloads (W1 W2a W2b W3 W6 P1; default: all)",
+    )
+    bench_parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
+    bench_parser.add_argument(
+        "--no-peers", action="store_true", help="headrace (and the references) only"
+    )
+    bench_parser.add_argument(
+        "--system",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="only these peers (e.g. pool mpire dataloader), besides headrace",
+    )
+    bench_parser.add_argument(
+        "--backend",
+        choices=("process", "thread"),
+        default=None,
+        help="headrace backend of the workloads (process; $HEADRACE_BENCH_BACKEND)",
+    )
+    bench_parser.add_argument(
+        "--repeats", type=_items, default=None, help="timed runs per case (5; --quick: 1)"
+    )
+    bench_parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample peak memory in a separate run per case (default: yes, except --quick)",
+    )
     return parser
 
 
@@ -205,5 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Any = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.items, args.out, progress=not args.no_progress)
+    if args.command == "bench":
+        return bench(args, sys.argv[1:] if argv is None else argv)
     parser.print_help(sys.stderr)
     return 2
