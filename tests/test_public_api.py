@@ -61,7 +61,13 @@ def test_design_names_exist() -> None:
 
 
 def test_error_tree_has_one_root() -> None:
-    for name in ("GraphError", "WorkerCrashedError", "StageTimeoutError", "ClosedError"):
+    for name in (
+        "GraphError",
+        "WorkerCrashedError",
+        "StageTimeoutError",
+        "ClosedError",
+        "RemoteError",
+    ):
         assert issubclass(getattr(headrace, name), headrace.HeadraceError), name
     assert issubclass(headrace.HeadraceError, Exception)
 

@@ -16,6 +16,7 @@ from ._errors import (
     ClosedError,
     GraphError,
     HeadraceError,
+    RemoteError,
     StageTimeoutError,
     WorkerCrashedError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "FrameError",
     "GraphError",
     "HeadraceError",
+    "RemoteError",
     "Report",
     "RoundRobinMux",
     "Run",

@@ -25,7 +25,7 @@ from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._graph import Node, Plan
 from ._shm import default_budget
-from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions, min_items
+from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
 from ._transport import EMPTY, END, Cancelled, Channel, RunState, StopStage, ZipChannel, nbytes
 from ._types import ErrorRecord, StageSnapshot
 
@@ -177,7 +177,7 @@ class StageRunner:
         return (
             self._window_bytes is not None
             and self._in_flight_bytes >= self._window_bytes
-            and self._in_flight >= min_items(self.options.workers)
+            and self._in_flight >= self.options.workers
         )
 
     def _release(self, size: int = 0) -> None:
@@ -366,6 +366,7 @@ class StageRunner:
         except (Cancelled, StopStage):
             pass
         except BaseException as exc:
+            self.items_in += 1  # the failed pull counts as an item, ended in an error
             self.errors += 1
             with contextlib.suppress(Cancelled):  # the failure is on its way to the consumer
                 self._failed(exc, format_traceback(exc), key)
@@ -483,7 +484,7 @@ class Execution:
             self.state,
             producers=len(feeders),
             byte_bound=None if None in bounds else max(b for b in bounds if b is not None),
-            min_items=max(min_items(o.workers) for o in feeders),
+            min_items=2,
         )
 
     def start(self) -> None:

@@ -13,7 +13,9 @@ private memory):
             name, offset and length.
     receiver: maps the slot (kept mapped: its pages are faulted in once) and unpickles with the
             slot's memory as the array's buffer: no copy. When the array and every view of it
-            are gone, a finalizer marks the slot free, and the sender reuses it.
+            are gone, a finalizer marks the slot free, and the sender reuses it. (Copying out
+            instead would cost a second copy per hop; allocating the user's array in a slot
+            from the start would need the user's code to ask for it.)
 
 A slot is a file in /dev/shm named ``hr-<run token>-<pid>-<n>``, random per run, created with
 O_EXCL and mode 0600, its size reserved with posix_fallocate (a full /dev/shm is a fallback to
@@ -22,8 +24,8 @@ use), capacity, and the pid of the process that holds it. A receiver checks the 
 it reads. Slots are registered with multiprocessing's resource tracker, which removes them if
 every process of the run is killed; `remove_run` removes them when the run ends.
 
-Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports nothing
-from headrace.
+Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports numpy,
+nothing from headrace.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SHM_DIR = Path("/dev/shm")
 #: Buffers at least this large travel through shared memory; smaller ones in the pipe (a
@@ -265,14 +269,18 @@ class Mapper:
         self._maps: dict[str, mmap.mmap] = {}
         self._lock = threading.Lock()
 
-    def view(self, name: str, offset: int, length: int) -> memoryview:
+    def view(self, name: str, offset: int, length: int) -> np.ndarray[Any, Any]:
+        """The bytes of one buffer in a slot, as a uint8 array that the unpickled object will
+        hold on to: when it is collected, the slot is free again."""
         memory = self._map(name)
         magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
         if magic != _MAGIC or state != _USED or offset + length > capacity:
             raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
-        view = memoryview(memory)[HEADER + offset : HEADER + offset + length]
-        weakref.finalize(view, _free, memory)
-        return view
+        # An ndarray, not a memoryview: a memoryview made from it (as pickle and numpy do)
+        # refers to this array, so the finalizer waits for the last view of the data.
+        region = np.frombuffer(memory, dtype=np.uint8, count=length, offset=HEADER + offset)
+        weakref.finalize(region, _free, memory)
+        return region
 
     def _map(self, name: str) -> mmap.mmap:
         with self._lock:
@@ -348,10 +356,4 @@ def decode(
 ) -> Any:
     if not places:
         return loads(data)
-    views = [mapper.view(*place) for place in places]
-    try:
-        return loads(data, buffers=views)
-    except BaseException:
-        for view in views:  # the object never came to be: free its slots now
-            view.release()
-        raise
+    return loads(data, buffers=[mapper.view(*place) for place in places])

@@ -32,8 +32,10 @@ ONE_TO_ONE = frozenset({"map", "prefetch"})
 #: item (measured: a bare source hop runs at 46k items/s with 2 slots, 410k with 64).
 AUTO_ITEMS = 64
 #: With the default capacity, array data queued in one channel is also held under this many
-#: bytes (never fewer than two items per worker), so large arrays do not fill 64 slots.
-AUTO_BYTES = 64 * 2**20
+#: bytes (never fewer than two items), so large arrays do not fill 64 slots. 16 MiB keeps two
+#: 8 MiB images per hop: the process tree of a 2-worker image pipeline then stays near 130 MB
+#: of physical memory (measured with benchmarks W2a/W2b), and a consumer still never waits.
+AUTO_BYTES = 16 * 2**20
 
 
 def min_items(workers: int) -> int:

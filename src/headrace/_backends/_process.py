@@ -68,12 +68,14 @@ BATCH_S = 0.005
 #: Largest number of items in one batch.
 MAX_BATCH = 256
 #: Batches a worker may hold: one running, one queued behind it so it never waits for the
-#: parent.
+#: parent. Items whose results are large (>= BIG_RESULT bytes) go one at a time: a round trip
+#: is cheap next to making them, and each one held costs memory.
 DEPTH = 2
+BIG_RESULT = 2**20
 #: Bytes of result data (in band or in shared memory) a batch should stay under.
 BATCH_BYTES = 8 * 2**20
-#: Array bytes a process stage may hold in flight, beyond two items per worker.
-WINDOW_BYTES = 32 * 2**20
+#: Array bytes a process stage may hold in flight, beyond one item per worker.
+WINDOW_BYTES = 16 * 2**20
 #: A message larger than this is sent only to an idle worker: a pipe holds 64 KiB, and a
 #: worker blocked writing its results must never wait on a parent blocked writing tasks.
 PIPE_SAFE = 32 * 1024
@@ -87,6 +89,7 @@ FLUSH_S = 0.005
 START_METHODS = ("forkserver", "spawn", "fork")
 ENV_START_METHOD = "HEADRACE_START_METHOD"
 _PR_SET_PDEATHSIG = 1
+_M_MMAP_THRESHOLD = -3
 _IDLE = -1
 
 
@@ -187,7 +190,8 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if deathsig:
         _die_with_parent()
-    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    _return_freed_memory()
+    threading.Thread(target=_watch_parent, args=(alive, spec.token), daemon=True).start()
     child = ChildWork(spec, slot, tasks, results)
     _seed_globals(spec.seed, spec.position, slot, incarnation)
     logging.getLogger().handlers[:] = [PipeLogHandler(child)]
@@ -208,16 +212,28 @@ def worker_main(
         pass  # the parent closed the pipes: the run is over
 
 
+def _return_freed_memory() -> None:
+    """Large blocks come from mmap and go back to the system when freed. glibc otherwise raises
+    its mmap threshold after the first free, and a worker making 8 MiB arrays keeps 8-16 MiB
+    of freed heap for good (the "worker whose memory grows")."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 2**20)
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _watch_parent(alive: Connection) -> None:
-    """EOF on this pipe: the parent is gone (or gave up on this worker). Exit at once."""
-    with contextlib.suppress(BaseException):
+def _watch_parent(alive: Connection, token: str) -> None:
+    """Exit at once when the parent says stop on this pipe, or when the pipe reaches EOF: the
+    parent is gone, and this worker removes the run's shared memory on its way out."""
+    try:
         alive.recv_bytes()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            remove_run(token)
     os._exit(1)
 
 
@@ -444,7 +460,9 @@ class Proc:
     def stop(self, grace: float) -> None:
         """Ask the worker to end, then escalate: SIGTERM, SIGKILL."""
         with contextlib.suppress(OSError, ValueError):
-            self.alive.close()  # the worker's watcher exits it at once
+            self.alive.send_bytes(b"stop")  # the worker's watcher exits it at once
+        with contextlib.suppress(OSError, ValueError):
+            self.alive.close()
         self.process.join(grace)
         if self.process.is_alive():
             self.process.terminate()
@@ -558,7 +576,6 @@ class ProcessWorkers(Workers):
     def _run_calls(self, slot: int, proc: Proc) -> None:
         work = self.work
         timed = work.options.timeout is not None
-        depth = 1 if timed else DEPTH
         held: dict[int, Task] = {}  # seq -> task the worker holds, in the order sent
         sent: deque[tuple[list[int], float]] = deque()  # batches sent: seqs, time sent
         again: deque[Task] = deque()  # tasks of a dead worker, to send again
@@ -567,6 +584,7 @@ class ProcessWorkers(Workers):
         while True:
             if self.cancelled():
                 return
+            depth = 1 if timed or self._avg_bytes >= BIG_RESULT else DEPTH
             while len(sent) < depth and (proc.ready or not timed):
                 if held_back is not None:
                     if sent:

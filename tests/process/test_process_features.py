@@ -1,0 +1,252 @@
+"""Process workers: arrays through shared memory, per-worker state, logs, bounds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+import headrace as hr
+from headrace import _shm
+
+pytestmark = pytest.mark.timeout(60)
+
+PROC = {"backend": "process", "workers": 2}
+T = _shm.THRESHOLD
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def odd_arrays() -> list[Any]:
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    return [
+        np.empty(0),
+        np.array(3.5),
+        base[:, ::2],  # non-contiguous
+        np.asfortranarray(np.arange(T, dtype=np.float32).reshape(64, -1)),  # Fortran, > T
+        np.zeros(3, dtype=[("a", "i4"), ("b", "f8")]),  # structured
+        np.zeros(T, dtype=[("a", "i4"), ("b", "f8")]),  # structured, large
+        np.array([{"k": 1}, "text", None], dtype=object),  # object: pickled
+        np.ones((T // 8 - 1,)),  # just under the threshold (bytes)
+        np.ones((T // 8,)),  # exactly the threshold
+        np.ones((T // 8 + 1,)),
+        np.ones((2**20 // 8 - 1,)),  # around a 1 MiB slot
+        np.ones((2**20 // 8 + 1,)),
+        np.arange(3 * 2**20, dtype=np.uint8)[::-1],  # negative strides
+        {"image": np.full((300, 300), 7, np.uint8), "label": 3, "meta": [np.ones(T)]},
+        (np.arange(T), np.arange(T // 2)),
+    ]
+
+
+def _same_objects(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    return list(a.ravel()) == list(b.ravel())
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and (_same_objects(a, b) if a.dtype == object else np.array_equal(a, b))
+        )
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
+def test_odd_arrays_arrive_equal_both_ways() -> None:
+    items = odd_arrays()
+    out = hr.from_iterable(items).map(identity, **PROC).collect()
+    assert len(out) == len(items)
+    for sent, got in zip(items, out, strict=True):
+        assert same(sent, got), (sent, got)
+
+
+def test_large_arrays_arrive_in_shared_memory_without_a_copy() -> None:
+    out = hr.from_iterable(range(4)).map(lambda i: np.full(2**18, i), **PROC)
+    arrays = out.collect()
+    for i, a in enumerate(arrays):
+        assert (a == i).all()
+        assert not a.flags.owndata  # a view of the slot, not a copy
+        assert a.flags.writeable
+
+
+def test_slots_are_reused_not_created_per_item() -> None:
+    seen = set()
+    stream = hr.from_iterable(range(200)).map(lambda i: np.full(2**18, i), **PROC, maxsize=2)
+    with stream.open() as run:
+        for i, a in enumerate(run):
+            assert a[0] == i
+            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith("hr-")}
+    # 200 arrays, slots for those in flight only: 2 workers x 2 batches of 4 (8 MiB of results
+    # each), 2 in the channel, a few in the reorder window; plus one board per stage
+    assert len(seen) <= 30, sorted(seen)
+
+
+def test_items_larger_than_the_budget_go_through_the_pipe() -> None:
+    arrays = [np.full(2**20, i, dtype=np.float64) for i in range(3)]
+    out = hr.from_iterable(arrays).map(lambda a: a * 2, **PROC).collect(memory="1MB")
+    assert [float(a[0]) for a in out] == [0.0, 2.0, 4.0]
+    assert all(a.shape == (2**20,) for a in out)
+
+
+def test_full_dev_shm_falls_back_to_the_pipe_with_a_warning(monkeypatch: Any) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_shm.os, "posix_fallocate", full, raising=True)
+    arrays = [np.full(2**17, i) for i in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # the parent's slots fail; the board that names each worker's item does too, so the
+        # stage cannot start: a clear error, never a SIGBUS
+        with pytest.raises(OSError, match="No space left"):
+            hr.from_iterable(arrays).map(lambda a: int(a[0]), **PROC).collect()
+    del caught
+
+
+def test_pool_falls_back_when_it_cannot_reserve(monkeypatch: Any) -> None:
+    pool = _shm.SlotPool(_shm.run_token(), 2**30)
+    try:
+        monkeypatch.setattr(
+            _shm.os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(28, "full"))
+        )
+        with pytest.warns(ResourceWarning, match="through the pipe"):
+            data, places = _shm.encode(np.ones(T), pool, os.getpid())
+        assert places == [] and pool.fallbacks == 1
+        assert np.array_equal(_shm.decode(data, places, _shm.Mapper()), np.ones(T))
+    finally:
+        pool.close()
+
+
+def test_codec_round_trip_and_slot_reuse_in_one_process() -> None:
+    pool, mapper = _shm.SlotPool(_shm.run_token(), 2**26), _shm.Mapper()
+    try:
+        for i in range(10):
+            data, places = _shm.encode({"x": np.full(T, i)}, pool, os.getpid())
+            assert len(places) == 1
+            got = _shm.decode(data, places, mapper)
+            assert (got["x"] == i).all()
+            del got  # frees the slot for the next round
+        assert pool.reserved == _shm._round_up(T * 8)  # one slot, reused ten times
+    finally:
+        pool.close()
+        mapper.close()
+    assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}")]
+
+
+def test_a_slot_with_a_bad_header_is_refused() -> None:
+    pool, mapper = _shm.SlotPool(_shm.run_token(), 2**26), _shm.Mapper()
+    try:
+        _data, places = _shm.encode(np.ones(T), pool, os.getpid())
+        name, offset, length = places[0]
+        with pytest.raises(ValueError, match="bad header"):
+            mapper.view(name, offset, length + 2**26)  # longer than the slot
+        with pytest.raises(ValueError, match="not a headrace"):
+            mapper.view("../etc/passwd", 0, 1)
+    finally:
+        pool.close()
+        mapper.close()
+
+
+class Model:
+    """A class instantiated once per worker process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.calls = 0
+
+    def __call__(self, x: int) -> tuple[int, int, int]:
+        self.calls += 1
+        return self.pid, id(self), self.calls
+
+
+def test_a_class_is_instantiated_once_per_process() -> None:
+    out = hr.from_iterable(range(40)).map(Model, **PROC).collect()
+    by_pid: dict[int, set[int]] = {}
+    for pid, instance, _ in out:
+        by_pid.setdefault(pid, set()).add(instance)
+    assert all(len(instances) == 1 for instances in by_pid.values())
+    assert max(calls for _, _, calls in out) >= 2
+
+
+def draws(_: int) -> tuple[int, float, float]:
+    return os.getpid(), random.random(), float(np.random.random())
+
+
+def test_global_random_generators_differ_per_worker() -> None:
+    out = hr.from_iterable(range(200)).map(draws, **PROC).collect()
+    first: dict[int, tuple[float, float]] = {}
+    for pid, a, b in out:
+        first.setdefault(pid, (a, b))
+    assert len(first) == 2, "both workers should have run items"
+    (a1, b1), (a2, b2) = first.values()
+    assert a1 != a2 and b1 != b2
+
+
+def item_draw(x: int) -> float:
+    return float(hr.rng().random())
+
+
+def test_item_rng_does_not_depend_on_worker_count() -> None:
+    one = hr.from_iterable(range(30)).map(item_draw, backend="process").collect(seed=11)
+    two = hr.from_iterable(range(30)).map(item_draw, **PROC).collect(seed=11)
+    thread = hr.from_iterable(range(30)).map(item_draw, workers=3).collect(seed=11)
+    assert one == two == thread
+
+
+def chatty(x: int) -> int:
+    logging.getLogger("user.stage").warning("item %d seen", x)
+    return x
+
+
+def test_worker_log_records_reach_the_parent_naming_stage_and_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        out = hr.from_iterable(range(4)).map(chatty, **PROC, name="talk").collect()
+    assert out == [0, 1, 2, 3]
+    records = [r for r in caplog.records if r.name == "user.stage"]
+    assert sorted(r.getMessage() for r in records) == [f"item {i} seen" for i in range(4)]
+    for r in records:
+        assert r.headrace_stage == "talk"  # type: ignore[attr-defined]
+        assert r.headrace_worker != os.getpid()  # type: ignore[attr-defined]
+        assert r.processName.startswith("talk/worker-")
+
+
+def test_a_slow_consumer_bounds_the_items_in_flight() -> None:
+    pulled = 0
+
+    def source() -> Any:
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield i
+
+    stream = hr.from_iterable(source()).map(identity, **PROC)
+    with stream.open() as run:
+        for _i, _ in zip(range(50), run, strict=False):
+            pass
+        import time
+
+        time.sleep(0.3)  # let everything upstream fill up
+        in_flight = pulled - 50
+        report = run.report()
+    capacities = sum(s.capacity for s in report.stages)
+    window = 2 * 256 * 2  # the process stage's window: DEPTH x MAX_BATCH x workers
+    assert in_flight <= capacities + window + 2, (in_flight, capacities)
+
+
+def test_unknown_start_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="start_method"):
+        hr.from_iterable([1]).map(identity, **PROC).collect(start_method="telepathy")
