@@ -58,7 +58,6 @@ class Case:
     run: Callable[[Params], Result]  # runs in the child; returns the raw measurement
     needs: tuple[str, ...] = ()  # modules to import first; a missing one skips the case
     kind: str = "peer"  # "headrace", "peer" or "reference" (not a peer: serial, ...)
-    quick: bool = True  # also run under --quick
     #: Multiplies the workload's sizes, for a system far too slow for the full job (noted).
     scale: float = 1.0
 

@@ -69,14 +69,24 @@ def _row(case: Case, backend: str, params: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _selected(case: Case, *, quick: bool, peers: bool, systems: list[str] | None) -> bool:
-    if quick and not case.quick:
-        return False
-    if case.kind == "peer" and not peers:
-        return False
-    if systems and case.kind == "peer":
-        return any(s.lower() in f"{case.key} {case.system}".lower() for s in systems)
-    return True
+def _selected(
+    cases: tuple[Case, ...], *, quick: bool, peers: bool, systems: list[str] | None
+) -> list[Case]:
+    """The cases to run. --quick runs each peer in one configuration: the last one listed (its
+    tuned one where it has two)."""
+    chosen = []
+    for i, case in enumerate(cases):
+        if case.kind == "peer":
+            if not peers:
+                continue
+            if systems and not any(
+                s.lower() in f"{case.key} {case.system}".lower() for s in systems
+            ):
+                continue
+            if quick and any(later.system == case.system for later in cases[i + 1 :]):
+                continue
+        chosen.append(case)
+    return chosen
 
 
 def _say(log: TextIO, text: str) -> None:
@@ -297,11 +307,8 @@ def run_bench(
     failed = False
     for workload in chosen:
         params = workload.quick if quick else workload.full
-        rows = [
-            _row(case, backend, params)
-            for case in workload.cases
-            if _selected(case, quick=quick, peers=peers, systems=systems)
-        ]
+        cases = _selected(workload.cases, quick=quick, peers=peers, systems=systems)
+        rows = [_row(case, backend, params) for case in cases]
         _run_workload(
             workload,
             rows,

@@ -107,7 +107,12 @@ def _case(key: str, system: str, settings: str, job: Any, *needs: str, **kw: Any
 
 CASES = (
     _case("headrace", "headrace", 'map(workers=2, backend="{backend}"), defaults', headrace_job),
-    _case("pool", "multiprocessing.Pool", "imap, chunksize=1 (default); fork", pool_job(1)),
+    _case(
+        "pool",
+        "multiprocessing.Pool",
+        "imap, chunksize=1 (default); fork",
+        pool_job(1),
+    ),
     _case(
         "pool-tuned",
         "multiprocessing.Pool",

@@ -146,16 +146,16 @@ WORKLOAD = Workload(
             pool_first,
         ),
         _case(
+            "ppe-forkserver",
+            "ProcessPoolExecutor",
+            "as below, with forkserver (safe with threads, as headrace's default is)",
+            ppe_first("forkserver"),
+        ),
+        _case(
             "ppe",
             "ProcessPoolExecutor",
             "2 executors of 2: each result of the first's map submitted to the second; fork",
             ppe_first("fork"),
-        ),
-        _case(
-            "ppe-forkserver",
-            "ProcessPoolExecutor",
-            "as above with forkserver (safe with threads, like headrace's default)",
-            ppe_first("forkserver"),
         ),
         _case("mpire", "mpire", "2 WorkerPools of 2 chained with imap; fork", mpire_first, "mpire"),
         _case("pypeln", "pypeln", "2 x process.map(workers=2)", pypeln_first, "pypeln"),
