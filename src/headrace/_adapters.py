@@ -43,7 +43,8 @@ def _dataset_class() -> type:
         return _made["StreamDataset"]
     try:
         import torch
-        from torch.utils.data import IterableDataset, get_worker_info
+        import torch.utils.data
+        from torch.utils.data import IterableDataset
     except ImportError:
         raise ImportError(_NO_TORCH) from None
 
@@ -63,8 +64,19 @@ def _dataset_class() -> type:
             self.run_options = run_options
             self.tensors = tensors
 
+        def __getstate__(self) -> dict[str, Any]:
+            # A stream holds closures: send it with cloudpickle (a DataLoader worker process).
+            import cloudpickle
+
+            return {"blob": cloudpickle.dumps((self.stream, self.run_options, self.tensors))}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            import cloudpickle
+
+            self.stream, self.run_options, self.tensors = cloudpickle.loads(state["blob"])
+
         def __iter__(self) -> Iterator[Any]:
-            info = get_worker_info()
+            info = torch.utils.data.get_worker_info()
             if info is not None and info.num_workers > 1:
                 raise RuntimeError(
                     f"this dataset runs a headrace stream; {info.num_workers} DataLoader "
@@ -76,6 +88,7 @@ def _dataset_class() -> type:
                     yield _to_tensors(item, torch) if self.tensors else item
 
     StreamDataset.__module__ = __name__
+    StreamDataset.__qualname__ = "StreamDataset"
     _made["StreamDataset"] = StreamDataset
     return StreamDataset
 

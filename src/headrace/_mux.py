@@ -71,9 +71,9 @@ def _weights(weights: Any, n: int, who: str) -> np.ndarray:
     return w / w.sum()  # type: ignore[no-any-return]
 
 
-def _check_mode(who: str, mode: object, modes: tuple[str, ...]) -> str:
+def _check_mode(who: str, mode: object, modes: tuple[str, ...], arg: str = "mode") -> str:
     if mode not in modes:
-        raise ValueError(f"{who} mode must be one of {modes}, got {mode!r}")
+        raise ValueError(f"{who} {arg} must be one of {modes}, got {mode!r}")
     return str(mode)
 
 
@@ -161,7 +161,7 @@ class StochasticMux(_Mux):
             raise ValueError(f"n_active must be >= 1 (streamers active at once), got {n_active}")
         self.n_active = int(n_active)
         self.mode = _check_mode("StochasticMux", mode, MODES)
-        self.dist = _check_mode("StochasticMux dist", dist, DISTS)
+        self.dist = _check_mode("StochasticMux", dist, DISTS, "dist")
         if rate is not None:
             if isinstance(rate, bool) or not isinstance(rate, int | float | np.number):
                 raise TypeError(f"rate must be a number >= 1 or None, got {rate!r}")

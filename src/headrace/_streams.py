@@ -7,6 +7,7 @@ report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -16,6 +17,7 @@ from typing import Any, TypedDict, Unpack
 import numpy as np
 
 from . import _graph
+from ._adapters import torch_dataset
 from ._backends._base import cache_rng, item_entropy, item_rng
 from ._backends._process import START_METHODS
 from ._errors import GraphError, HeadraceError
@@ -317,6 +319,23 @@ class Stream:
     def to_dot(self, report: Report | None = None) -> str:
         """Graphviz DOT text of the graph behind this stream, annotated with ``report``."""
         return to_dot(self, report=report)
+
+    def to_torch(self, *, tensors: bool = True, **run_options: Any) -> Any:
+        """A PyTorch ``IterableDataset`` over this stream: each iteration is one run.
+
+        Arrays become tensors (sharing memory where they can) unless ``tensors=False``. Use it
+        with ``DataLoader(dataset, batch_size=None, num_workers=0)``: the stream batches, and
+        its stages are the workers. Needs torch, imported only here.
+
+        Examples
+        --------
+        >>> import headrace as hr, numpy as np
+        >>> dataset = hr.from_iterable([np.ones(2)] * 4).batch(2).to_torch()  # doctest: +SKIP
+        >>> [tuple(t.shape) for t in dataset]  # doctest: +SKIP
+        [(2, 2), (2, 2)]
+        """
+        inspect.signature(Run).bind([self], **run_options)  # an unknown option fails here
+        return torch_dataset(self, run_options, tensors)
 
 
 def _plan(streams: Iterable[Stream]) -> Plan:

@@ -85,7 +85,8 @@ class _Encoder:
         else:
             order, data = "C", np.ascontiguousarray(arr)
         meta = {"type": "array", "dtype": arr.dtype.str, "shape": list(arr.shape), "order": order}
-        return ["s" if scalar else "a", self.add(meta, data)]
+        # As bytes: datetimes export no buffer, and an empty array's buffer has no shape.
+        return ["s" if scalar else "a", self.add(meta, data.reshape(-1).view(np.uint8))]
 
     def pickled(self, obj: Any, what: str) -> list[Any]:
         if not self.allow_pickle:

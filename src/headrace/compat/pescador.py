@@ -8,9 +8,9 @@ with ``k``, ``lam``, ``pool_weights``, ``with_replacement``, ``prune_empty_seeds
 `streamable`, ``max_iter``). Built only on the public ``headrace`` package.
 
 Differences: `ZMQStreamer` binds a socket file in a private directory (its port arguments are
-accepted and ignored) and runs the streamer in a fresh interpreter; `BufferedStreamer` buffers
-through a headrace run (``rebatch``), so it runs in a thread beside the consumer; `Mux` draws
-lifetimes as ``1 + Poisson(lam - 1)`` (mean ``lam``).
+accepted and ignored) and runs the streamer in a fresh interpreter; `Mux` draws lifetimes as
+``1 + Poisson(lam - 1)`` (mean ``lam``) and, like `StochasticMux`, activates streamers in
+proportion to their weights (pescador 3 activates them uniformly).
 """
 
 from __future__ import annotations
@@ -215,25 +215,35 @@ class ChainMux(_PescadorAPI, hr.ChainMux):
         hr.ChainMux.__init__(self, streamers, mode=mode)
 
 
-def _rebatched(streamer: Any, rows: int, drop_last: bool) -> Iterator[Any]:
-    stream = hr.from_iterable(streamer, name="BufferedStreamer").rebatch(rows, drop_last=drop_last)
+class _DataErrors(hr.Streamer):
+    """Another streamer's items, with buffering errors raised as `DataError`."""
+
+    def _open(self) -> Iterator[Any]:
+        return _data_errors(super()._open())
+
+
+def _data_errors(items: Iterator[Any]) -> Iterator[Any]:
     try:
-        yield from stream
-    except (TypeError, ValueError) as exc:
+        yield from items
+    except (TypeError, ValueError, KeyError) as exc:
         raise DataError(f"cannot buffer these items: {exc}") from exc
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 class BufferedStreamer(_PescadorAPI):
     """Concatenate items (dicts of arrays of shape ``(n, ...)``) along axis 0 into batches of
     exactly ``buffer_size`` rows; with ``strict_batch_size=False`` a last, shorter one too.
-    Built on headrace's ``rebatch``."""
+    Built on ``hr.Streamer.rebatch``."""
 
     @_pescador_errors
     def __init__(self, streamer: Any, buffer_size: int, strict_batch_size: bool = True) -> None:
         inner = streamer if isinstance(streamer, hr.Streamer) else Streamer(streamer)
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
-        super().__init__(_rebatched, inner, buffer_size, bool(strict_batch_size))
+        super().__init__(_DataErrors(inner.rebatch(buffer_size, drop_last=strict_batch_size)))
         self.buffer_size = buffer_size
 
 
@@ -275,10 +285,8 @@ def buffer_stream(
 ) -> Iterator[Any]:
     """Collect ``buffer_size`` items into one (pescador 3): stacked along a new axis 0, or
     concatenated along ``axis``; a last, smaller one only with ``partial=True``. Built on
-    headrace's ``batch``."""
-    batched = hr.from_iterable(stream, name="buffer_stream").batch(
-        buffer_size, drop_last=not partial, collate=_Stack(axis)
-    )
+    ``hr.Streamer.batch``."""
+    batched = hr.Streamer(stream).batch(buffer_size, drop_last=not partial, collate=_Stack(axis))
     return iter(batched)
 
 
