@@ -6,9 +6,11 @@ stages it exercises (``stream.map(fn, **opts)``). Adding a backend is one line i
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,32 @@ def opts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dic
     if params["backend"] == "process":
         monkeypatch.setenv("HEADRACE_START_METHOD", method)
     return params
+
+
+class Recorder:
+    """A list that workers of any backend can append to, process workers included: one line
+    per item, appended to a file (an O_APPEND write of a short line is atomic)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, item: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(repr(item) + "\n")
+
+    __call__ = append
+
+    def items(self) -> list[Any]:
+        if not self.path.exists():
+            return []
+        return [ast.literal_eval(line) for line in self.path.read_text().splitlines()]
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Callable[[], Recorder]:
+    """Makes `Recorder`s in the test's temp dir."""
+    count = iter(range(1_000_000))
+    return lambda: Recorder(tmp_path / f"recorded-{next(count)}.txt")
 
 
 @pytest.fixture

@@ -271,24 +271,27 @@ def test_skip_then_more_stages(opts: dict[str, Any], conserved: Any) -> None:
 
 
 class Flaky:
-    """Fails the first ``failures`` calls for each item, counting calls per item."""
+    """Fails the first ``failures`` calls for each item, counting calls per item in a
+    recorder (so that process workers count too)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, record: Any) -> None:
         self.failures = failures
-        self.calls: Counter[int] = Counter()
-        self.lock = threading.Lock()
+        self.record = record
 
     def __call__(self, x: int) -> int:
-        with self.lock:
-            self.calls[x] += 1
-            n = self.calls[x]
+        self.record.append(x)
+        n = self.calls[x]  # one item is tried by one worker at a time
         if n <= self.failures:
             raise ConnectionError(f"attempt {n} for item {x}")
         return x
 
+    @property
+    def calls(self) -> Counter[int]:
+        return Counter(self.record.items())
 
-def test_retries_recover(opts: dict[str, Any], needs_shared_state: None, conserved: Any) -> None:
-    flaky = Flaky(failures=2)
+
+def test_retries_recover(opts: dict[str, Any], recorder: Any, conserved: Any) -> None:
+    flaky = Flaky(failures=2, record=recorder())
     s = hr.from_iterable(range(N)).map(flaky, **opts, retries=2)
     with s.open() as run:
         out = list(run)
@@ -299,8 +302,8 @@ def test_retries_recover(opts: dict[str, Any], needs_shared_state: None, conserv
     conserved(report)
 
 
-def test_retries_exhausted_raise(opts: dict[str, Any], needs_shared_state: None) -> None:
-    flaky = Flaky(failures=3)
+def test_retries_exhausted_raise(opts: dict[str, Any], recorder: Any) -> None:
+    flaky = Flaky(failures=3, record=recorder())
     with pytest.raises(ConnectionError) as info:
         hr.from_iterable(range(N)).map(flaky, **opts, retries=2).collect()
     assert type(info.value) is ConnectionError
@@ -308,10 +311,8 @@ def test_retries_exhausted_raise(opts: dict[str, Any], needs_shared_state: None)
     assert max(flaky.calls.values()) == 3
 
 
-def test_retries_exhausted_skip(
-    opts: dict[str, Any], needs_shared_state: None, conserved: Any
-) -> None:
-    flaky = Flaky(failures=2)
+def test_retries_exhausted_skip(opts: dict[str, Any], recorder: Any, conserved: Any) -> None:
+    flaky = Flaky(failures=2, record=recorder())
     s = hr.from_iterable(range(6)).map(flaky, **opts, retries=1, on_error="skip", name="fetch")
     with s.open() as run:
         out = list(run)

@@ -233,34 +233,26 @@ def test_transform_each_worker_runs_its_own_fn(opts: dict[str, Any]) -> None:
 # --- sink ----------------------------------------------------------------------------------
 
 
-def test_sink(opts: dict[str, Any], needs_shared_state: None) -> None:
-    seen: list[int] = []
-    lock = threading.Lock()
-
-    def record(x: int) -> None:
-        with lock:
-            seen.append(x)
-
-    sink = hr.from_iterable(range(N)).map(double, **opts).sink(record, **opts)
+def test_sink(opts: dict[str, Any], recorder: Any) -> None:
+    seen = recorder()
+    sink = hr.from_iterable(range(N)).map(double, **opts).sink(seen, **opts)
     report = hr.run(sink)
     assert isinstance(report, hr.Report)
-    assert Counter(seen) == Counter(2 * x for x in range(N))
+    assert Counter(seen.items()) == Counter(2 * x for x in range(N))
 
 
-def test_iterating_a_sink_yields_nothing(opts: dict[str, Any], needs_shared_state: None) -> None:
-    seen: list[int] = []
+def test_iterating_a_sink_yields_nothing(opts: dict[str, Any]) -> None:
+    seen: list[int] = []  # the sink runs on threads here
     sink = hr.from_iterable(range(N)).map(double, **opts).sink(seen.append)
     assert list(sink) == []
     assert seen == [2 * x for x in range(N)]
 
 
-def test_sink_run_returns_report(opts: dict[str, Any], needs_shared_state: None) -> None:
-    seen: list[int] = []
-    report = (
-        hr.from_iterable(range(N)).sink(seen.append, **{**opts, "workers": 1}, name="store").run()
-    )
+def test_sink_run_returns_report(opts: dict[str, Any], recorder: Any) -> None:
+    seen = recorder()
+    report = hr.from_iterable(range(N)).sink(seen, **{**opts, "workers": 1}, name="store").run()
     assert report.stage("store").items_in == N
-    assert sorted(seen) == list(range(N))
+    assert sorted(seen.items()) == list(range(N))
 
 
 # --- batch ---------------------------------------------------------------------------------

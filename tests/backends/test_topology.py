@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from typing import Any
 
@@ -55,8 +54,8 @@ def of_tag(out: list[tuple[str, Any]], tag: str) -> list[Any]:
 # --- broadcast -----------------------------------------------------------------------------
 
 
-def test_broadcast_to_two_sinks(opts: dict[str, Any], needs_shared_state: None) -> None:
-    a: list[int] = []
+def test_broadcast_to_two_sinks(opts: dict[str, Any]) -> None:
+    a: list[int] = []  # the sinks run on threads
     b: list[int] = []
     s = hr.from_iterable(range(N)).map(identity, **opts)
     report = hr.run(s.map(double, **opts).sink(a.append), s.map(negate, **opts).sink(b.append))
@@ -101,8 +100,8 @@ def test_route_single_index(opts: dict[str, Any]) -> None:
     assert len(out) == N
 
 
-def test_route_multi_index_and_none(opts: dict[str, Any], needs_shared_state: None) -> None:
-    zero: list[int] = []
+def test_route_multi_index_and_none(opts: dict[str, Any]) -> None:
+    zero: list[int] = []  # the sinks run on threads
     one: list[int] = []
     b0, b1 = hr.from_iterable(range(N)).route(by_three, 2)
     report = hr.run(
@@ -209,20 +208,10 @@ def test_zip_of_empty_source(opts: dict[str, Any]) -> None:
 # --- several terminals ---------------------------------------------------------------------
 
 
-def test_two_sink_system_with_route(opts: dict[str, Any], needs_shared_state: None) -> None:
-    lock = threading.Lock()
-    got: dict[str, list[int]] = {"even": [], "odd": []}
-
-    def store_even(x: int) -> None:
-        with lock:
-            got["even"].append(x)
-
-    def store_odd(x: int) -> None:
-        with lock:
-            got["odd"].append(x)
-
+def test_two_sink_system_with_route(opts: dict[str, Any], recorder: Any) -> None:
+    store_even, store_odd = recorder(), recorder()
     even, odd = hr.from_iterable(range(N)).map(double, **opts).route(lambda x: x % 4 // 2, 2)
     report = hr.run(even.sink(store_even, **opts), odd.sink(store_odd, **opts))
-    assert sorted(got["even"]) == [2 * x for x in range(N) if x % 2 == 0]
-    assert sorted(got["odd"]) == [2 * x for x in range(N) if x % 2 == 1]
+    assert sorted(store_even.items()) == [2 * x for x in range(N) if x % 2 == 0]
+    assert sorted(store_odd.items()) == [2 * x for x in range(N) if x % 2 == 1]
     assert report.stage("source").items_in == N

@@ -863,7 +863,9 @@ class ProcessWorkers(Workers):
         for feeder in feeders:
             feeder.join(max(0.0, deadline - time.monotonic()))
         alive = any(t.is_alive() for t in self._threads + feeders)
-        if not alive:
+        if alive:
+            remove_run(self.token)  # the workers are dead; no segment may outlive the run
+        else:
             self._cleanup()
         return not alive
 
