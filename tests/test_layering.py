@@ -40,6 +40,7 @@ RANKS: dict[str, int] = {
     "_wire": 6,
     "_zmq": 6,
     "_adapters": 6,
+    "_background": 6,
     "": 7,  # __init__.py, the public API
     "_cli": 7,
     "__main__": 7,

@@ -7,8 +7,12 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import headrace as hr
+from headrace._stages import rebatch_body
+from headrace._streamer import rebatch_whole
 
 
 def count(n):
@@ -164,3 +168,30 @@ def test_nothing_runs_until_iterated() -> None:
     next(it)
     assert Counter.calls == 1
     it.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 9), max_size=12),
+    rows=st.integers(1, 7),
+    drop_last=st.booleans(),
+    as_dict=st.booleans(),
+)
+def test_rebatch_whole_gives_what_the_stage_body_gives(
+    sizes: list[int], rows: int, drop_last: bool, as_dict: bool
+) -> None:
+    """Streamer.rebatch's fast body (items kept whole when they fit) == _stages.rebatch_body."""
+    start = np.cumsum([0, *sizes])
+    items = [np.arange(a, b) for a, b in itertools.pairwise(start)]
+    if as_dict:
+        items = [{"X": x, "Y": -x} for x in items]
+    fast = list(rebatch_whole(rows, drop_last)(iter(items)))
+    slow = list(rebatch_body(rows, drop_last)(iter(items)))
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow, strict=True):
+        if as_dict:
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+        else:
+            np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+from ._background import ProcessStreamer
 from ._errors import (
     ClosedError,
     GraphError,
@@ -38,6 +39,7 @@ __all__ = [
     "FrameError",
     "GraphError",
     "HeadraceError",
+    "ProcessStreamer",
     "RemoteError",
     "Report",
     "RoundRobinMux",
