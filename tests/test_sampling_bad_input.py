@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -161,3 +162,18 @@ def test_samplers_reject_bad_arguments_and_files(tmp_path) -> None:
 def test_nothing_hangs_on_a_pool_of_empty_streamers_cycled() -> None:
     mux = hr.StochasticMux([hr.Streamer([])] * 2, 1, 3, prune_empty=False, random_state=0)
     assert list(itertools.islice(mux.cycle(), 5)) == []
+
+
+def test_zmq_streamer_without_pyzmq_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zmq", None)  # import zmq raises ImportError
+    with pytest.raises(ImportError, match=r"pip install \"headrace\[zmq\]\""):
+        hr.ZMQStreamer([1]).iterate()
+
+
+def test_to_torch_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headrace import _adapters
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(_adapters, "_made", {})
+    with pytest.raises(ImportError, match=r"pip install \"headrace\[torch\]\""):
+        hr.from_iterable([1]).to_torch()
