@@ -26,7 +26,7 @@ from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._graph import Node, Plan
 from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
-from ._transport import EMPTY, END, Cancelled, Channel, RunState, StopStage, ZipChannel, nbytes
+from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, nbytes
 from ._types import ErrorRecord, StageSnapshot
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
@@ -57,6 +57,9 @@ class Inlet:
     def put(self, item: Any) -> bool:
         return self.channel.put(item, self.producer)
 
+    def put_many(self, items: list[Any]) -> int:
+        return self.channel.put_many(items, self.producer)
+
     def close(self) -> None:
         self.channel.close(self.producer)
 
@@ -73,6 +76,12 @@ class FusedInlet:
 
     def put(self, item: Any) -> bool:
         return self.runner.push(item)
+
+    def put_many(self, items: list[Any]) -> int:
+        for done, item in enumerate(items):
+            if not self.runner.push(item):
+                return done
+        return len(items)
 
     def close(self) -> None:
         self.runner.input_closed()
@@ -110,9 +119,11 @@ class StageRunner:
         # items (and array bytes) taken but not yet emitted
         self._capacity, self._window_bytes = backend.window(node.options)
         self._in_flight_bytes = 0
+        self._slot_waiters = 0
         self._local = threading.local()
         self._ordered = node.options.ordered and node.options.workers > 1
         self._pending: dict[int, Outcome] = {}
+        self._held: dict[int, list[Any]] | None = None  # outputs of a batch, by port
         self._next_seq = 0
         self._taken = 0
         self._resolved = 0
@@ -149,24 +160,32 @@ class StageRunner:
                             return tasks
                         if self.execution.state.cancelled:
                             raise Cancelled
-                        self._slots.wait()
-                    self._in_flight += 1
+                        self._slot_waiters += 1
+                        try:
+                            self._slots.wait()
+                        finally:
+                            self._slot_waiters -= 1
+                    room = min(self._capacity - self._in_flight, limit - len(tasks))
+                    self._in_flight += room  # reserved; what is not taken is given back
                 assert self.inbox is not None
-                item = self.inbox.get(wait)
-                if item is EMPTY or item is END:
-                    self._release()
-                    if item is END:
-                        with self.lock:
-                            self.input_ended = True
-                            self._maybe_finish()
+                items = self.inbox.get_many(room, wait)
+                if items is END or len(items) < room:
+                    self._release(0, room - (0 if items is END else len(items)))
+                if items is END:
+                    with self.lock:
+                        self.input_ended = True
+                        self._maybe_finish()
                     break
-                size = nbytes(item[1]) if self._window_bytes else 0
-                if size:
-                    with self._slots:
-                        self._in_flight_bytes += size
-                tasks.append(Task(self._taken, item[0], item[1], size))
-                self._taken += 1
-                self.items_in += 1
+                for key, value in items:
+                    size = nbytes(value) if self._window_bytes else 0
+                    if size:
+                        with self._slots:
+                            self._in_flight_bytes += size
+                    tasks.append(Task(self._taken, key, value, size))
+                    self._taken += 1
+                self.items_in += len(items)
+                if len(items) < room:
+                    break  # the channel is empty for now
         finally:
             self._take_lock.release()
         return tasks if tasks or not (self.input_ended or self.stopping) else None
@@ -180,11 +199,12 @@ class StageRunner:
             and self._in_flight >= self.options.workers
         )
 
-    def _release(self, size: int = 0) -> None:
+    def _release(self, size: int = 0, items: int = 1) -> None:
         with self._slots:
-            self._in_flight -= 1
+            self._in_flight -= items
             self._in_flight_bytes -= size
-            self._slots.notify()
+            if self._slot_waiters:
+                self._slots.notify()
 
     def stream_inputs(self) -> Iterator[Any]:
         assert self.inbox is not None
@@ -230,14 +250,30 @@ class StageRunner:
 
     def finish(self, outcome: Outcome) -> None:
         with self.lock:
-            self.busy_s += outcome.busy_s
-            if not self._ordered or (outcome.error and self.options.on_error == "raise"):
-                self._resolve(outcome)  # a failure that ends the run does not wait its turn
-            else:
-                self._pending[outcome.task.seq] = outcome
-                while self._next_seq in self._pending:
-                    self._resolve(self._pending.pop(self._next_seq))
+            self._finish(outcome)
             self._maybe_finish()
+
+    def finish_many(self, outcomes: list[Outcome]) -> None:
+        """`finish` for a batch: one lock, and each output channel takes the batch's outputs
+        in one go (one wake-up of its consumer instead of one per item)."""
+        with self.lock:
+            self._held = {}
+            try:
+                for outcome in outcomes:
+                    self._finish(outcome)
+            finally:
+                held, self._held = self._held, None
+                self._flush(held)
+            self._maybe_finish()
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.busy_s += outcome.busy_s
+        if not self._ordered or (outcome.error and self.options.on_error == "raise"):
+            self._resolve(outcome)  # a failure that ends the run does not wait its turn
+        else:
+            self._pending[outcome.task.seq] = outcome
+            while self._next_seq in self._pending:
+                self._resolve(self._pending.pop(self._next_seq))
 
     def _resolve(self, outcome: Outcome) -> None:
         self._next_seq += 1
@@ -288,6 +324,9 @@ class StageRunner:
         if self.kind not in KEY_KEEPING:
             key = self._out_key
             self._out_key += 1
+        if self._held is not None:
+            self._held.setdefault(port, []).append((key, value))
+            return
         delivered = False
         for target in self.outputs[port]:
             delivered = target.put((key, value)) or delivered
@@ -296,6 +335,15 @@ class StageRunner:
         elif all(t.detached for targets in self.outputs for t in targets):
             self.stop()
             raise StopStage
+
+    def _flush(self, held: dict[int, list[Any]]) -> None:
+        """Deliver the outputs held back by `finish_many`."""
+        for port, items in held.items():
+            delivered = max((t.put_many(items) for t in self.outputs[port]), default=0)
+            self.items_out += delivered
+            if delivered == 0 and all(t.detached for ts in self.outputs for t in ts):
+                self.stop()
+                raise StopStage
 
     def stop(self) -> None:
         """Nobody reads this stage any more: stop taking input, let the producers know."""

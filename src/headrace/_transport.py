@@ -26,15 +26,6 @@ class _End:
 END: Final = _End()
 
 
-class _Empty:
-    def __repr__(self) -> str:
-        return "EMPTY"
-
-
-#: Returned by `Channel.get(block=False)` when no item is there yet.
-EMPTY: Final = _Empty()
-
-
 class Cancelled(Exception):
     """Raised inside headrace's own threads when the run is being cancelled."""
 
@@ -106,6 +97,10 @@ class Channel:
         self._not_empty = threading.Condition(self._lock)
         state.register(self._not_full, self._not_empty)
         self._open = producers
+        # Threads waiting in put / get: a notify with nobody waiting is skipped (it costs a
+        # Python-level ownership check per item).
+        self._putters = 0
+        self._getters = 0
         self.detached = False
         self.discarded = 0
         self.peak_fill = 0
@@ -131,7 +126,11 @@ class Channel:
                 while self._full(size):
                     if self._state.cancelled:
                         raise Cancelled
-                    self._not_full.wait()
+                    self._putters += 1
+                    try:
+                        self._not_full.wait()
+                    finally:
+                        self._putters -= 1
                 self.blocked_s += time.perf_counter() - start
             if self._state.cancelled:
                 raise Cancelled
@@ -140,24 +139,62 @@ class Channel:
                 return False
             self._bytes += size
             self._add(item, producer)
-            self._not_empty.notify()
+            if self._getters:
+                self._not_empty.notify()
             return True
+
+    def put_many(self, items: list[Any], producer: int = 0) -> int:
+        """`put` for several items under one lock, waking the consumer once (and before any
+        wait for room); how many were delivered (fewer once the consumer has detached)."""
+        sizes = [nbytes(v) for _, v in items] if self._byte_bound is not None else None
+        added = 0
+        with self._not_full:
+            try:
+                for i, item in enumerate(items):
+                    size = sizes[i] if sizes is not None else 0
+                    if self._full(size):
+                        if added and self._getters:
+                            self._not_empty.notify()
+                        start = time.perf_counter()
+                        while self._full(size):
+                            if self._state.cancelled:
+                                raise Cancelled
+                            self._putters += 1
+                            try:
+                                self._not_full.wait()
+                            finally:
+                                self._putters -= 1
+                        self.blocked_s += time.perf_counter() - start
+                    if self._state.cancelled:
+                        raise Cancelled
+                    if self.detached:
+                        self.discarded += len(items) - i
+                        return i
+                    self._bytes += size
+                    self._add(item, producer)
+                    added += 1
+                return len(items)
+            finally:
+                if added and self._getters:
+                    self._not_empty.notify()
 
     def _add(self, item: Any, producer: int) -> None:
         self._items.append(item)
         if len(self._items) > self.peak_fill:
             self.peak_fill = len(self._items)
 
-    def get(self, block: bool = True) -> Any:
+    def get(self) -> Any:
         with self._not_empty:
-            if not self._items and self._open and not block:
-                return EMPTY
             if not self._items and self._open:
                 start = time.perf_counter()
                 while not self._items and self._open:
                     if self._state.cancelled:
                         raise Cancelled
-                    self._not_empty.wait()
+                    self._getters += 1
+                    try:
+                        self._not_empty.wait()
+                    finally:
+                        self._getters -= 1
                 self.starved_s += time.perf_counter() - start
             if self._state.cancelled:
                 raise Cancelled
@@ -168,8 +205,38 @@ class Channel:
                 self._bytes -= nbytes(item[1])
             # All: a woken producer may not use the room (a zip half-tuple, a large item
             # under the byte bound), and the one that could must not sleep on.
-            self._not_full.notify_all()
+            if self._putters:
+                self._not_full.notify_all()
             return item
+
+    def get_many(self, n: int, block: bool = True) -> Any:
+        """Up to ``n`` items under one lock: waits for the first only when ``block``; ``[]``
+        when none is there (without blocking), `END` once the channel has ended."""
+        with self._not_empty:
+            if not self._items and self._open:
+                if not block:
+                    return []
+                start = time.perf_counter()
+                while not self._items and self._open:
+                    if self._state.cancelled:
+                        raise Cancelled
+                    self._getters += 1
+                    try:
+                        self._not_empty.wait()
+                    finally:
+                        self._getters -= 1
+                self.starved_s += time.perf_counter() - start
+            if self._state.cancelled:
+                raise Cancelled
+            if not self._items:
+                return END
+            take = min(n, len(self._items))
+            items = [self._items.popleft() for _ in range(take)]
+            if self._byte_bound is not None:
+                self._bytes -= sum(nbytes(v) for _, v in items)
+            if self._putters:
+                self._not_full.notify_all()
+            return items
 
     def close(self, producer: int = 0) -> None:
         """One producer has finished."""
@@ -191,14 +258,20 @@ class Channel:
             return dropped
 
 
+#: Types that never hold array data: the common small items, answered without a search.
+_PLAIN = frozenset({int, float, str, bool, complex, type(None)})
+
+
 def nbytes(value: Any) -> int:
     """Bytes of array data in an item: arrays and buffers, also one level inside a tuple,
     list or dict (the shapes of ML samples); other objects count as 0."""
+    if type(value) in _PLAIN:
+        return 0
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
         return len(value)
-    if isinstance(value, tuple | list):
+    if isinstance(value, (tuple, list)):
         return sum(v.nbytes for v in value if isinstance(v, np.ndarray))
     if isinstance(value, dict):
         return sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
@@ -241,6 +314,7 @@ class ZipChannel(Channel):
                     self.discarded += 1
                     return False
                 self._add(item, producer)
-                self._not_empty.notify()
+                if self._getters:
+                    self._not_empty.notify()
                 return True
         return super().put(item, producer)

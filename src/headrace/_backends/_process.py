@@ -333,6 +333,10 @@ class ChildWork:
                 entry = _error_entry(seq, error, format_traceback(exc), outcome.busy_s)
         self._done.append(entry)
 
+    def finish_many(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.finish(outcome)
+
     # stream stages
 
     def stream_inputs(self) -> Iterator[Any]:
@@ -684,12 +688,14 @@ class ProcessWorkers(Workers):
             sent.popleft()
             total_s = 0.0
             total_bytes = 0
+            outcomes = []
             for seq, ok, data, places, tb, busy in message[1]:
                 task = held.pop(seq)
                 total_s += busy
                 total_bytes += len(data) + sum(p[2] for p in places)
-                self.work.finish(self._outcome(task, ok, data, places, tb, busy))
-            self._learn(len(message[1]), total_s, total_bytes)
+                outcomes.append(self._outcome(task, ok, data, places, tb, busy))
+            self._learn(len(outcomes), total_s, total_bytes)
+            self.work.finish_many(outcomes)
 
     def _outcome(
         self, task: Task, ok: bool, data: bytes, places: list[Any], tb: str, busy: float
