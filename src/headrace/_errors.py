@@ -89,7 +89,7 @@ def format_traceback(exc: BaseException) -> str:
 def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) -> BaseException:
     """Prepare a user exception for the consumer: keep its type, note where it happened,
     attach the worker traceback as ``__cause__``."""
-    where = f"item {index}" if index is not None else "worker setup"
+    where = f"item {index}" if index is not None else "not tied to one item (setup, a crash)"
     note = f"headrace: raised in stage {stage!r}, {where}"
     notes = getattr(exc, "__notes__", [])
     if note not in notes:
