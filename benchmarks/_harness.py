@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -209,6 +210,28 @@ def _version(name: str) -> str | None:
         return None
 
 
+def _checkout() -> str | None:
+    """The commit of the checkout measured, and whether it had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head} (src/ with uncommitted changes)" if dirty else head
+
+
 def machine() -> dict[str, Any]:
     """What the figures depend on: cores, CPU, memory, Python, start methods."""
     model = "unknown"
@@ -277,6 +300,8 @@ def run_bench(
         "repeats": repeats,
         "memory_sampled": memory,
         "machine": machine(),
+        "checkout": _checkout(),
+        "load_average": {"start": os.getloadavg()[0]},
         "versions": {
             name: _version(name) for name in ("headrace", "numpy", "cloudpickle", *PEERS, "pyzmq")
         },
@@ -324,6 +349,7 @@ def run_bench(
         print(report.workload_text(entry), file=out, flush=True)
         failed |= any(r["kind"] == "headrace" and r["status"] != "ok" for r in rows)
     data["elapsed_s"] = time.monotonic() - started
+    data["load_average"]["end"] = os.getloadavg()[0]
     if any(entry["name"] in {t[0] for t in report.TARGETS} for entry in data["workloads"]):
         print("\nProcess-backend targets (issue 3)\n" + report.targets_table(data), file=out)
     if json_path is not None:

@@ -142,6 +142,7 @@ def workload_text(entry: Entry) -> str:
 #: The physical references (benchmarks/workloads/references.py measures them).
 REFERENCES = {
     "memcpy": "memcpy of 8 MiB (NumPy copy into a touched buffer)",
+    "fresh": "copy of 8 MiB into freshly mapped memory (page faults included)",
     "pickle": "pickle dumps + loads of an 8 MiB array",
     "pipe": "8 MiB through a multiprocessing.Pipe from another process",
 }
@@ -155,6 +156,8 @@ def references_table(entry: Entry) -> str:
     for name, label in REFERENCES.items():
         ms = stats.get(f"{name}_ms", {}).get("median")
         gbs = stats.get(f"{name}_gb_per_s", {}).get("median")
+        if stats and ms is None:
+            continue  # not measured by the suite that made this file
         rows.append(
             [label, "-" if ms is None else f"{ms:.2f}", "-" if gbs is None else f"{gbs:.2f}"]
         )
@@ -300,6 +303,21 @@ def _machine(data: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _context(data: dict[str, Any]) -> list[str]:
+    """The checkout measured and how busy the machine was (absent from older files)."""
+    lines = []
+    if data.get("checkout"):
+        lines.append(f"- headrace measured at commit {data['checkout']}.")
+    load = data.get("load_average")
+    if load and "end" in load:
+        lines.append(
+            f"- Load average (1 min) at the start and the end of the run: {load['start']:.1f}, "
+            f"{load['end']:.1f} on {data['machine']['cores']} cores. The machine may be shared: "
+            "the min-max columns show how much the figures moved."
+        )
+    return lines
+
+
 def markdown(data: dict[str, Any], source: str = "benchmarks/results.json") -> str:
     versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
     absent = ", ".join(k for k, v in data["versions"].items() if not v)
@@ -322,6 +340,7 @@ def markdown(data: dict[str, Any], source: str = "benchmarks/results.json") -> s
         f"- headrace backend measured: `{data['backend']}`. Timed runs per case: "
         f"{data['repeats']}; memory: {memory}.",
         f"- Versions: {versions}" + (f". Not installed: {absent}." if absent else "."),
+        *_context(data),
         "",
         METHOD,
         "",

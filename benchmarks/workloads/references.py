@@ -1,12 +1,14 @@
 """Physical references: what moving 8 MiB costs on this machine, whatever the library.
 
-memcpy (NumPy copy into a touched buffer), pickle dumps + loads of an 8 MiB float64 array
+memcpy (NumPy copy into a touched buffer), a copy into freshly mapped memory (which pays its page
+faults, as a transport that allocates per item does), pickle dumps + loads of an 8 MiB float64 array
 (in-band, highest protocol), and 8 MiB of bytes through a ``multiprocessing.Pipe`` from another
 process. Each is the median of ``repeats`` transfers after a warm-up.
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import pickle
 import time
@@ -29,6 +31,15 @@ def _timed(fn: Any, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return median(times)
+
+
+def _copy_to_fresh_pages(src: np.ndarray) -> None:
+    """Copy into newly mapped memory and unmap it (``src.copy()`` would reuse freed pages)."""
+    region = mmap.mmap(-1, SIZE)
+    dst = np.frombuffer(region, dtype=src.dtype)
+    np.copyto(dst, src)
+    del dst
+    region.close()
 
 
 def _send(conn: Connection, count: int) -> None:
@@ -57,6 +68,7 @@ def run(p: Params) -> Result:
     repeats = p["repeats"]
     return {
         "memcpy_s": _timed(lambda: np.copyto(dst, src), repeats),
+        "fresh_s": _timed(lambda: _copy_to_fresh_pages(src), repeats),
         "pickle_s": _timed(
             lambda: pickle.loads(pickle.dumps(src, protocol=pickle.HIGHEST_PROTOCOL)), repeats
         ),
