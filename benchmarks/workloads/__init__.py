@@ -18,6 +18,8 @@ _WHERE = {
     "W2a": ("w2", "W2A"),
     "W2b": ("w2", "W2B"),
     "W3": ("w3", "WORKLOAD"),
+    "W5a": ("w5", "W5A"),
+    "W5b": ("w5", "W5B"),
     "W6": ("w6", "WORKLOAD"),
     "P1": ("p1", "WORKLOAD"),
 }

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="NAME",
-        help="only these workloads (W1 W2a W2b W3 W6 P1; default: all)",
+        help="only these workloads (W1 W2a W2b W3 W5a W5b W6 P1; default: all)",
     )
     bench_parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
     bench_parser.add_argument(
