@@ -123,8 +123,9 @@ class StochasticMux(_Mux):
         Drop from the pool, for the rest of the pass, a streamer that yields nothing when
         activated.
     dist : {"poisson", "binomial", "constant"}
-        Distribution of lifetimes: ``1 + Poisson(rate - 1)``; pescador 3's binomial (whose
-        per-streamer share of items is ``rate`` on average); or exactly ``rate``.
+        Distribution of lifetimes, each with mean ``rate``: ``1 + Poisson(rate - 1)``;
+        pescador 3's binomial, whose spread shrinks as the new streamer's share of the active
+        weight grows; or exactly ``rate``.
     random_state : None, int, numpy Generator or RandomState
         A seed makes the sequence reproducible; iterating the mux again continues from the
         state the last pass left, as in pescador.

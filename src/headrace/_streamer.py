@@ -82,7 +82,8 @@ class Streamer:
     Wraps a generator function and its arguments (called afresh on every iteration) or an
     iterable (iterated afresh). A Streamer is a valid source for `from_iterable`, can be sent
     to another process (as far as its function and arguments can be pickled), and is what the
-    muxes mix: every mux is itself a Streamer, so muxes nest.
+    muxes mix: every mux is itself a Streamer, so muxes nest. ``batch`` / ``rebatch`` buffer
+    its items as the pipeline stages of those names do, without a pipeline.
 
     Parameters
     ----------
