@@ -230,7 +230,7 @@ def test_sampling_from_npz(npz_files, sampler) -> None:
         count += 1
         assert batch["X"].shape == (16, 8) and len(set(batch["Y"].tolist())) == 1
         seen.add(int(batch["Y"][0]))
-    assert count == 1000 and len(seen) > 32
+    assert count == 1000 and len(seen) >= 16  # ~62 activations drawn from 40 archives
 
 
 def test_sampling_from_npy_memory_maps(tmp_path) -> None:
