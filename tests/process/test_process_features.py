@@ -250,3 +250,39 @@ def test_a_slow_consumer_bounds_the_items_in_flight() -> None:
 def test_unknown_start_method_is_refused() -> None:
     with pytest.raises(ValueError, match="start_method"):
         hr.from_iterable([1]).map(identity, **PROC).collect(start_method="telepathy")
+
+
+def test_a_callable_that_cannot_travel_fails_at_start_leaving_nothing() -> None:
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot be sent to a worker process"):
+        hr.from_iterable([1]).map(lambda x: (lock, x), **PROC).collect()
+    # the autouse fixture checks that no process, thread or segment was left behind
+
+
+def test_a_worker_that_cannot_start_raises_instead_of_hanging(monkeypatch: Any) -> None:
+    from headrace._backends import _process
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("cannot start a process here")
+
+    monkeypatch.setattr(_process.Proc, "__init__", broken)
+    with pytest.raises(RuntimeError, match="cannot start a process here"):
+        hr.from_iterable(range(3)).map(identity, **PROC).collect()
+
+
+def test_a_forkserver_that_cannot_start_falls_back_to_spawn(monkeypatch: Any) -> None:
+    from headrace._backends import _process
+
+    real = _process.Proc.__init__
+
+    def picky(self: Any, owner: Any, slot: int, incarnation: int) -> None:
+        if owner.method == "forkserver":
+            raise OSError("AF_UNIX path too long")
+        real(self, owner, slot, incarnation)
+
+    monkeypatch.setattr(_process.Proc, "__init__", picky)
+    with pytest.warns(RuntimeWarning, match="forkserver could not start"):
+        out = hr.from_iterable(range(3)).map(identity, **PROC).collect()
+    assert out == [0, 1, 2]

@@ -506,8 +506,8 @@ class ProcessWorkers(Workers):
         self.token = run_token()
         budget = work.shm_budget
         progress = f"hr-{self.token}-progress"
+        self.spec = Spec(work, self.token, budget, progress)  # fails first if fn cannot travel
         self._progress = _create_progress(progress, work.options.workers)
-        self.spec = Spec(work, self.token, budget, progress)
         self.pool = SlotPool(self.token, budget)
         self.mapper = Mapper()
         self._lock = threading.Lock()
@@ -524,15 +524,21 @@ class ProcessWorkers(Workers):
         self._finalizer = multiprocessing.util.Finalize(
             self, _kill_all, args=(self._procs, self.token), exitpriority=100
         )
+        try:  # here, in the thread that starts the run: a failure to start raises to it
+            procs = [self._start_first(slot) for slot in range(work.options.workers)]
+        except BaseException:
+            _kill_all(self._procs, self.token)
+            self._cleanup()
+            raise
         work.on_cancel(self.wake)
         self._threads = [
             threading.Thread(
                 target=self._supervise,
-                args=(slot,),
+                args=(slot, proc),
                 name=f"headrace-{work.name}-{slot}",
                 daemon=True,
             )
-            for slot in range(work.options.workers)
+            for slot, proc in enumerate(procs)
         ]
         for thread in self._threads:
             thread.start()
@@ -554,22 +560,42 @@ class ProcessWorkers(Workers):
             self._procs[slot] = proc
         return proc
 
+    def _start_first(self, slot: int) -> Proc:
+        """Start a worker; if the forkserver cannot start (e.g. its socket path in a long
+        $TMPDIR is too long), say so and use spawn."""
+        try:
+            return self._start(slot)
+        except OSError as exc:
+            if self.method != "forkserver":
+                raise
+            warnings.warn(
+                f"headrace: the forkserver could not start ({exc}); starting workers with "
+                "'spawn' instead (slower to start). A shorter $TMPDIR fixes it.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.method = "spawn"
+            self.ctx = _context("spawn")
+            return self._start(slot)
+
     def _retire(self, proc: Proc, grace: float) -> None:
         proc.stop(grace)
         self.pool.release_held_by(proc.pid)
 
     # --- supervising one worker ---------------------------------------------------------
 
-    def _supervise(self, slot: int) -> None:
-        proc: Proc | None = None
+    def _supervise(self, slot: int, proc: Proc) -> None:
         try:
-            proc = self._start(slot)
             if self.work.kind in STREAM_KINDS:
                 self._run_stream(proc)
             else:
                 self._run_calls(slot, proc)
         except (Cancelled, StopStage):
             pass
+        except BaseException as exc:  # e.g. a replacement worker that cannot start
+            if not self.cancelled():
+                with contextlib.suppress(Cancelled):
+                    self.work.setup_failed(exc, format_traceback(exc), None)
         finally:
             with self._lock:
                 proc = self._procs.get(slot, proc)
