@@ -7,12 +7,14 @@ stages it exercises (``stream.map(fn, **opts)``). Adding a backend is one line i
 from __future__ import annotations
 
 import ast
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 
 BACKENDS = [
@@ -54,6 +56,11 @@ class Recorder:
         if not self.path.exists():
             return []
         return [ast.literal_eval(line) for line in self.path.read_text().splitlines()]
+
+
+# Worker processes get the recorder by value: by reference it would be `conftest.Recorder`,
+# and `conftest` may name tests/conftest.py in a worker.
+cloudpickle.register_pickle_by_value(sys.modules[Recorder.__module__])
 
 
 @pytest.fixture
