@@ -98,7 +98,7 @@ def _run_demo(paths: list[str], *, progress: bool) -> tuple[hr.Report, Trainer, 
     images = (
         hr.from_iterable(paths)
         .map(np.load, workers=2, name="load")
-        .map(decode, workers=2, name="decode")
+        .map(decode, workers=2, backend="process", name="decode")  # CPU work: processes
     )
     # `images` is used twice: both branches see every image (broadcast).
     train = (
