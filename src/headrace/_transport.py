@@ -318,3 +318,10 @@ class ZipChannel(Channel):
                     self._not_empty.notify()
                 return True
         return super().put(item, producer)
+
+    def put_many(self, items: list[Any], producer: int = 0) -> int:
+        # One at a time: each item may complete a tuple (which needs no room) or not.
+        for done, item in enumerate(items):
+            if not self.put(item, producer):
+                return done
+        return len(items)
