@@ -166,6 +166,8 @@ class StageRunner:
                         finally:
                             self._slot_waiters -= 1
                     room = min(self._capacity - self._in_flight, limit - len(tasks))
+                    if self._window_bytes and self._in_flight_bytes * 16 >= self._window_bytes:
+                        room = 1  # arrays in flight: one at a time, so bytes stay bounded
                     self._in_flight += room  # reserved; what is not taken is given back
                 assert self.inbox is not None
                 items = self.inbox.get_many(room, wait)
