@@ -332,6 +332,10 @@ class ChildWork:
                 )
                 entry = _error_entry(seq, error, format_traceback(exc), outcome.busy_s)
         self._done.append(entry)
+        # The outputs are copied out: let go of them (and the input) now, not when the loop
+        # takes the next task, which may wait for the parent; an 8 MiB result is 8 MiB held.
+        outcome.outputs = None
+        outcome.task.value = None
 
     def finish_many(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
