@@ -192,6 +192,14 @@ class StageRunner:
             self._take_lock.release()
         return tasks if tasks or not (self.input_ended or self.stopping) else None
 
+    def set_window(self, items: int) -> None:
+        """Change how many items the stage may hold in flight (a backend that learns its items
+        are large keeps fewer of them)."""
+        with self._slots:
+            self._capacity = max(items, self.options.workers)
+            if self._slot_waiters:
+                self._slots.notify_all()
+
     def _window_full(self) -> bool:
         if self._in_flight >= self._capacity:
             return True

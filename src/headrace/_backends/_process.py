@@ -385,6 +385,9 @@ class ChildWork:
     def on_cancel(self, callback: Any) -> None:
         pass
 
+    def set_window(self, items: int) -> None:
+        pass
+
 
 class _TransitError(Exception):
     """An item or result that could not cross between processes."""
@@ -522,6 +525,7 @@ class ProcessWorkers(Workers):
         self._crashes: dict[int, int] = {}  # seq -> times it crashed a worker
         self._avg_s: float | None = None
         self._avg_bytes = 0.0
+        self._big = False
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -748,6 +752,13 @@ class ProcessWorkers(Workers):
         else:
             self._avg_s = 0.7 * self._avg_s + 0.3 * per_item
             self._avg_bytes = 0.7 * self._avg_bytes + 0.3 * per_bytes
+        # Large results: the stage holds one per worker and one more (waiting in the reorder
+        # window for a slower earlier item); each one held is a slot of memory.
+        big = self._avg_bytes >= BIG_RESULT
+        if big != self._big:
+            self._big = big
+            workers = self.work.options.workers
+            self.work.set_window(workers + 1 if big else DEPTH * MAX_BATCH * workers)
 
     def _replace(
         self,
