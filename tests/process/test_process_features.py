@@ -286,3 +286,24 @@ def test_a_forkserver_that_cannot_start_falls_back_to_spawn(monkeypatch: Any) ->
     with pytest.warns(RuntimeWarning, match="forkserver could not start"):
         out = hr.from_iterable(range(3)).map(identity, **PROC).collect()
     assert out == [0, 1, 2]
+
+
+def slow_first(i: int) -> Any:
+    if i == 0:
+        import time
+
+        time.sleep(1.0)
+    return np.full(2**18, i)  # 2 MiB
+
+
+def test_large_results_behind_a_slow_item_stay_bounded() -> None:
+    """Ordered: while item 0 takes a second, the other worker must not pile up 2 MiB results
+    in the reorder window (the stage keeps workers + 1 large results in flight)."""
+    seen: set[str] = set()
+    stream = hr.from_iterable(range(60)).map(slow_first, **PROC)
+    with stream.open() as run:
+        for i, a in enumerate(run):
+            assert a[0] == i
+            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith("hr-")}
+    # window (3) + the consumer channel (16 MiB: 8) + the consumer's two + slack for reuse
+    assert len(seen) <= 20, sorted(seen)
