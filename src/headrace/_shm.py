@@ -229,10 +229,6 @@ class SlotPool:
         return freed
 
     @property
-    def in_use(self) -> int:
-        return sum(s.state == _USED for s in self._slots)
-
-    @property
     def reserved(self) -> int:
         return self._bytes
 
@@ -351,9 +347,8 @@ def _encode(
     return data, places
 
 
-def decode(
-    data: bytes, places: list[Place], mapper: Mapper, loads: Callable[..., Any] = pickle.loads
-) -> Any:
+def decode(data: bytes, places: list[Place], mapper: Mapper) -> Any:
+    """The object `encode` made; its large buffers are views of the slots named in ``places``."""
     if not places:
-        return loads(data)
-    return loads(data, buffers=[mapper.view(*place) for place in places])
+        return pickle.loads(data)
+    return pickle.loads(data, buffers=[mapper.view(*place) for place in places])
