@@ -194,7 +194,8 @@ class ZMQStreamer(Streamer):
         dead = False
         seq = 0
         while True:
-            ready = dict(poller.poll())
+            # Once the process is dead, wait only DRAIN_MS for items still on their way.
+            ready = dict(poller.poll(DRAIN_MS if dead else None))
             if status.fileno() in ready:
                 poller.unregister(status.fileno())  # one message at most, then end of file
                 error = _read_blob(status)
@@ -211,8 +212,6 @@ class ZMQStreamer(Streamer):
                     raise _failure(error if error is not None else _read_blob(status), seq - 1)
                 yield item
             elif dead:
-                if sock.poll(DRAIN_MS):
-                    continue  # items still on their way: read them first
                 raise _crashed(proc, seq)
 
 
