@@ -121,19 +121,7 @@ class Channel:
     def put(self, item: Any, producer: int = 0) -> bool:
         size = nbytes(item[1]) if self._byte_bound is not None else 0
         with self._not_full:
-            if self._full(size):
-                start = time.perf_counter()
-                while self._full(size):
-                    if self._state.cancelled:
-                        raise Cancelled
-                    self._putters += 1
-                    try:
-                        self._not_full.wait()
-                    finally:
-                        self._putters -= 1
-                self.blocked_s += time.perf_counter() - start
-            if self._state.cancelled:
-                raise Cancelled
+            self._await_room(size)
             if self.detached:
                 self.discarded += 1
                 return False
@@ -152,21 +140,9 @@ class Channel:
             try:
                 for i, item in enumerate(items):
                     size = sizes[i] if sizes is not None else 0
-                    if self._full(size):
-                        if added and self._getters:
-                            self._not_empty.notify()
-                        start = time.perf_counter()
-                        while self._full(size):
-                            if self._state.cancelled:
-                                raise Cancelled
-                            self._putters += 1
-                            try:
-                                self._not_full.wait()
-                            finally:
-                                self._putters -= 1
-                        self.blocked_s += time.perf_counter() - start
-                    if self._state.cancelled:
-                        raise Cancelled
+                    if added and self._getters and self._full(size):
+                        self._not_empty.notify()  # what is in can be read while we wait
+                    self._await_room(size)
                     if self.detached:
                         self.discarded += len(items) - i
                         return i
@@ -178,6 +154,23 @@ class Channel:
                 if added and self._getters:
                     self._not_empty.notify()
 
+    def _await_room(self, size: int) -> None:
+        """Wait (holding the lock) until an item of ``size`` bytes fits; Cancelled if the run
+        is cancelled meanwhile."""
+        if self._full(size):
+            start = time.perf_counter()
+            while self._full(size):
+                if self._state.cancelled:
+                    raise Cancelled
+                self._putters += 1
+                try:
+                    self._not_full.wait()
+                finally:
+                    self._putters -= 1
+            self.blocked_s += time.perf_counter() - start
+        if self._state.cancelled:
+            raise Cancelled
+
     def _add(self, item: Any, producer: int) -> None:
         self._items.append(item)
         if len(self._items) > self.peak_fill:
@@ -185,58 +178,52 @@ class Channel:
 
     def get(self) -> Any:
         with self._not_empty:
-            if not self._items and self._open:
-                start = time.perf_counter()
-                while not self._items and self._open:
-                    if self._state.cancelled:
-                        raise Cancelled
-                    self._getters += 1
-                    try:
-                        self._not_empty.wait()
-                    finally:
-                        self._getters -= 1
-                self.starved_s += time.perf_counter() - start
-            if self._state.cancelled:
-                raise Cancelled
-            if not self._items:
+            if not self._await_item():
                 return END
             item = self._items.popleft()
             if self._byte_bound is not None:
                 self._bytes -= nbytes(item[1])
-            # All: a woken producer may not use the room (a zip half-tuple, a large item
-            # under the byte bound), and the one that could must not sleep on.
-            if self._putters:
-                self._not_full.notify_all()
+            self._room_made()
             return item
 
     def get_many(self, n: int, block: bool = True) -> Any:
         """Up to ``n`` items under one lock: waits for the first only when ``block``; ``[]``
         when none is there (without blocking), `END` once the channel has ended."""
         with self._not_empty:
-            if not self._items and self._open:
-                if not block:
-                    return []
-                start = time.perf_counter()
-                while not self._items and self._open:
-                    if self._state.cancelled:
-                        raise Cancelled
-                    self._getters += 1
-                    try:
-                        self._not_empty.wait()
-                    finally:
-                        self._getters -= 1
-                self.starved_s += time.perf_counter() - start
-            if self._state.cancelled:
-                raise Cancelled
-            if not self._items:
+            if not block and not self._items and self._open:
+                return []
+            if not self._await_item():
                 return END
             take = min(n, len(self._items))
             items = [self._items.popleft() for _ in range(take)]
             if self._byte_bound is not None:
                 self._bytes -= sum(nbytes(v) for _, v in items)
-            if self._putters:
-                self._not_full.notify_all()
+            self._room_made()
             return items
+
+    def _await_item(self) -> bool:
+        """Wait (holding the lock) for an item: True when one is there, False at the end;
+        Cancelled if the run is cancelled meanwhile."""
+        if not self._items and self._open:
+            start = time.perf_counter()
+            while not self._items and self._open:
+                if self._state.cancelled:
+                    raise Cancelled
+                self._getters += 1
+                try:
+                    self._not_empty.wait()
+                finally:
+                    self._getters -= 1
+            self.starved_s += time.perf_counter() - start
+        if self._state.cancelled:
+            raise Cancelled
+        return bool(self._items)
+
+    def _room_made(self) -> None:
+        # All: a woken producer may not use the room (a zip half-tuple, a large item under
+        # the byte bound), and the one that could must not sleep on.
+        if self._putters:
+            self._not_full.notify_all()
 
     def close(self, producer: int = 0) -> None:
         """One producer has finished."""
