@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import pickle
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headrace as hr
-from headrace._stages import rebatch_body
-from headrace._streamer import rebatch_whole
+from headrace._stages import _concat, _rows, _slice, rebatch_body
 
 
 def count(n):
@@ -180,13 +181,13 @@ def test_nothing_runs_until_iterated() -> None:
 def test_rebatch_whole_gives_what_the_stage_body_gives(
     sizes: list[int], rows: int, drop_last: bool, as_dict: bool
 ) -> None:
-    """Streamer.rebatch's fast body (items kept whole when they fit) == _stages.rebatch_body."""
+    """The rebatch body's fast path (items kept whole when they fit) == slicing every item."""
     start = np.cumsum([0, *sizes])
     items = [np.arange(a, b) for a, b in itertools.pairwise(start)]
     if as_dict:
         items = [{"X": x, "Y": -x} for x in items]
-    fast = list(rebatch_whole(rows, drop_last)(iter(items)))
-    slow = list(rebatch_body(rows, drop_last)(iter(items)))
+    fast = list(rebatch_body(rows, drop_last)(iter(items)))
+    slow = list(rebatch_by_slices(rows, drop_last, items))
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow, strict=True):
         if as_dict:
@@ -195,3 +196,21 @@ def test_rebatch_whole_gives_what_the_stage_body_gives(
                 np.testing.assert_array_equal(a[k], b[k])
         else:
             np.testing.assert_array_equal(a, b)
+
+
+def rebatch_by_slices(rows: int, drop_last: bool, batches: list[Any]) -> Iterator[Any]:
+    """The reference: every input sliced into the batches being built."""
+    parts: list[Any] = []
+    held = 0
+    for batch in batches:
+        start, n = 0, _rows(batch)
+        while start < n:
+            take = min(rows - held, n - start)
+            parts.append(_slice(batch, start, start + take))
+            held += take
+            start += take
+            if held == rows:
+                yield _concat(parts)
+                parts, held = [], 0
+    if parts and not drop_last:
+        yield _concat(parts)
