@@ -306,8 +306,6 @@ stream = hr.from_iterable(source()).map(lambda x: x, workers=2, backend="process
 def test_infinite_source_and_early_break() -> None:
     body = """
 import itertools
-class Stop:
-    pass
 stream = hr.from_iterable(itertools.count()).map(lambda x: x * 2, workers=2, backend="process",
     name="work").take(100)
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import warnings
 from typing import Any
 
 import numpy as np
@@ -100,19 +99,18 @@ def test_items_larger_than_the_budget_go_through_the_pipe() -> None:
     assert all(a.shape == (2**20,) for a in out)
 
 
-def test_full_dev_shm_falls_back_to_the_pipe_with_a_warning(monkeypatch: Any) -> None:
+def test_a_full_dev_shm_at_start_is_a_clear_error(monkeypatch: Any) -> None:
+    """Nothing can be reserved, not even the board that names each worker's item: the stage
+    cannot start, and says why (never a SIGBUS later). A pool that fills up while running
+    falls back to the pipe: `test_pool_falls_back_when_it_cannot_reserve`."""
+
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(_shm.os, "posix_fallocate", full, raising=True)
     arrays = [np.full(2**17, i) for i in range(4)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # the parent's slots fail; the board that names each worker's item does too, so the
-        # stage cannot start: a clear error, never a SIGBUS
-        with pytest.raises(OSError, match="No space left"):
-            hr.from_iterable(arrays).map(lambda a: int(a[0]), **PROC).collect()
-    del caught
+    with pytest.raises(OSError, match="No space left"):
+        hr.from_iterable(arrays).map(lambda a: int(a[0]), **PROC).collect()
 
 
 def test_pool_falls_back_when_it_cannot_reserve(monkeypatch: Any) -> None:
