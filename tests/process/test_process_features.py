@@ -305,3 +305,21 @@ def test_large_results_behind_a_slow_item_stay_bounded() -> None:
             seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith("hr-")}
     # window (3) + the consumer channel (16 MiB: 8) + the consumer's two + slack for reuse
     assert len(seen) <= 20, sorted(seen)
+
+
+def test_slots_are_private_random_and_reserved() -> None:
+    """RELIABILITY, Security: random names, owner-only permissions, size reserved up front."""
+    pools = [_shm.SlotPool(_shm.run_token(), 2**26) for _ in range(2)]
+    try:
+        names = []
+        for pool in pools:
+            _, places = _shm.encode(np.ones(T), pool, os.getpid())
+            names.append(places[0][0])
+        assert names[0] != names[1] and names[0].split("-")[1] != names[1].split("-")[1]
+        for name in names:
+            st = os.stat(_shm.SHM_DIR / name)
+            assert st.st_mode & 0o777 == 0o600
+            assert st.st_blocks * 512 >= st.st_size  # the pages are allocated, not sparse
+    finally:
+        for pool in pools:
+            pool.close()
