@@ -6,8 +6,10 @@ the test it allows ``GRACE_S`` for things to go away, then reports what is still
 
 The session gets a private temp dir (``TMPDIR`` and ``tempfile.tempdir``; child processes inherit
 it) so that files other programs on this machine create in ``/tmp`` are never taken for leaks.
-``/dev/shm`` cannot be redirected: a concurrent test run on the same machine that leaks a
-segment can be reported here too.
+``/dev/shm`` cannot be redirected, so a new entry counts only when it is ours: a headrace segment
+(``hr-<owner pid>-...``) whose owner is this process, one of its descendants, or a process that
+died during the test (another program's segment whose owner died in those same seconds is the one
+case that could be misread), or any other new entry whose name says it comes from this process.
 
 Hangs: pytest-timeout fails a test after ``timeout`` seconds and faulthandler dumps every
 thread's stack after ``faulthandler_timeout`` (both set in pyproject.toml).
@@ -115,6 +117,31 @@ def _shm_entries() -> set[str]:
         return set()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours(names: set[str]) -> set[str]:
+    """The entries among ``names`` that this test session made (see the module docstring)."""
+    mine = {os.getpid()} | {p.pid for p in _descendants()}
+    found = set()
+    for name in names:
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == "hr" and parts[1].isdigit():
+            owner = int(parts[1])
+            if owner in mine or not _pid_alive(owner):
+                found.add(name)
+        elif str(os.getpid()) in parts:
+            found.add(name)
+    return found
+
+
 def _temp_entries() -> set[str]:
     try:
         names = os.listdir(tempfile.gettempdir())
@@ -157,7 +184,7 @@ class Leaks:
         return cls(
             [t for t in threading.enumerate() if t not in before.threads and t.is_alive()],
             [p for p in _descendants() if p.key not in before.procs],
-            sorted(_shm_entries() - before.shm),
+            sorted(_ours(_shm_entries() - before.shm)),
             sorted(_temp_entries() - before.temp),
         )
 

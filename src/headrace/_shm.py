@@ -17,7 +17,9 @@ private memory):
             instead would cost a second copy per hop; allocating the user's array in a slot
             from the start would need the user's code to ask for it.)
 
-A slot is a file in /dev/shm named ``hr-<run token>-<pid>-<n>``, random per run, created with
+A slot is a file in /dev/shm named ``hr-<owner pid>-<random>-<pid>-<random>`` (the run token is
+the first two parts: the pid of the process that owns the run, so that `sweep_stale` can tell a
+dead run's segments from a live one's), created with
 O_EXCL and mode 0600, its size reserved with posix_fallocate (a full /dev/shm is a fallback to
 the pipe, never a SIGBUS later). Each slot starts with a 64-byte header: magic, state (free / in
 use), capacity, and the pid of the process that holds it. A receiver checks the header before
@@ -65,8 +67,48 @@ _HOLDER_OFFSET = 16
 
 
 def run_token() -> str:
-    """A fresh random name part for one run's segments."""
-    return secrets.token_hex(6)
+    """A fresh name part for one run's segments: the owner's pid, then a random part."""
+    return f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def owner_pid(name: str) -> int | None:
+    """The pid of the process that owns the run of segment ``name`` (None: not headrace's)."""
+    parts = name.split("-")
+    if len(parts) < 3 or parts[0] != "hr" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def stale_segments() -> list[str]:
+    """Segments in /dev/shm whose owning process is dead (every process of their run was
+    killed at once, so nothing removed them). Never a segment of a live process's run."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    owners = {name: owner_pid(name) for name in names}
+    alive = {pid: _alive(pid) for pid in set(owners.values()) if pid is not None}
+    return sorted(n for n, pid in owners.items() if pid is not None and not alive[pid])
+
+
+def sweep_stale() -> int:
+    """Remove the segments of dead runs (see `stale_segments`); how many were removed."""
+    removed = 0
+    for name in stale_segments():
+        with contextlib.suppress(OSError):
+            os.unlink(SHM_DIR / name)
+            removed += 1
+    return removed
 
 
 def default_budget() -> int:
@@ -122,13 +164,18 @@ def attach(name: str) -> mmap.mmap:
 def remove_run(token: str) -> int:
     """Remove every segment of the run ``token`` (whichever process made it); how many."""
     removed = 0
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(SHM_DIR):
-            if entry.name.startswith(f"hr-{token}-"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    _unregister(entry.name)
-                    removed += 1
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(f"hr-{token}-"):
+            # One entry that cannot be removed (another user's file under a guessed name) must
+            # not stop the removal of the others.
+            with contextlib.suppress(OSError):
+                os.unlink(SHM_DIR / name)
+                _unregister(name)
+                removed += 1
     return removed
 
 
@@ -163,7 +210,6 @@ class SlotPool:
         self.budget = budget
         self._slots: list[Slot] = []
         self._bytes = 0
-        self._count = 0
         self._lock = threading.Lock()
         self._warned = False
         self.fallbacks = 0  # buffers that went in band for want of a slot
@@ -188,8 +234,8 @@ class SlotPool:
             return made
 
     def _create(self, capacity: int) -> Slot | None:
-        self._count += 1
-        name = f"hr-{self.token}-{os.getpid()}-{self._count}"
+        # A random last part: a name another user could guess would let them squat it.
+        name = f"hr-{self.token}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             memory = create(name, HEADER + capacity)
         except OSError as exc:

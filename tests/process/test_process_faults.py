@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -389,7 +390,9 @@ def test_workers_exit_when_the_parent_is_killed() -> None:
     proc = start_scenario(SLOW_PIPELINE, mark)
     try:
         _wait_for(proc, "RUNNING", 30)
-        shm_before = {n for n in os.listdir("/dev/shm") if n.startswith("hr-")} - earlier
+        shm_before = {
+            n for n in os.listdir("/dev/shm") if n.startswith(f"hr-{proc.pid}-")
+        } - earlier
         assert shm_before, "the run made no shared-memory segment"
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
@@ -401,6 +404,44 @@ def test_workers_exit_when_the_parent_is_killed() -> None:
         kill_marked(mark)
     assert not left, f"workers still alive 2 s after their parent was killed: {left}"
     assert not shm_before & set(os.listdir("/dev/shm"))
+
+
+ARRAY_PIPELINE = """
+def double(a):
+    return a * 2
+src = (np.full(2**18, i, dtype=np.float64) for i in range(10**6))
+for i, a in enumerate(hr.from_iterable(src).map(double, workers=2, backend="process")):
+    if i == 20:
+        print("RUNNING", flush=True)
+    time.sleep(0.01)
+"""
+
+
+def test_a_whole_group_killed_leaves_nothing_after_the_next_run() -> None:
+    """Every process of a run SIGKILLed at once (the resource tracker too): the segments
+    stay behind until the next headrace run on the machine removes them."""
+    mark = uuid.uuid4().hex
+    proc = start_scenario(ARRAY_PIPELINE, mark)
+    try:
+        _wait_for(proc, "RUNNING", 30)
+        prefix = f"hr-{proc.pid}-"
+        assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)], "no segment made"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        assert not wait_gone(mark, 2.0)
+        assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)], (
+            "nothing was left behind: the test no longer tests the sweep"
+        )
+        code = "import headrace as hr\n" + (
+            "print(hr.from_iterable(range(3)).map(abs, backend='process').collect())"
+        )
+        after = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+        )
+        assert after.stdout.strip() == "[0, 1, 2]", after.stderr
+    finally:
+        kill_marked(mark)
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
 def test_fork_with_threads_running_warns_and_works() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,9 @@ import pytest
 
 import headrace as hr
 from headrace import _shm
+
+#: The prefix of the segments of this process's runs (other programs may run headrace too).
+OURS = f"hr-{os.getpid()}-"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,7 +91,7 @@ def test_slots_are_reused_not_created_per_item() -> None:
     with stream.open() as run:
         for i, a in enumerate(run):
             assert a[0] == i
-            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith("hr-")}
+            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith(OURS)}
     # 200 arrays, slots for those in flight only: 2 workers x 2 batches of 4 (8 MiB of results
     # each), 2 in the channel, a few in the reorder window; plus one board per stage
     assert len(seen) <= 30, sorted(seen)
@@ -302,7 +307,7 @@ def test_large_results_behind_a_slow_item_stay_bounded() -> None:
     with stream.open() as run:
         for i, a in enumerate(run):
             assert a[0] == i
-            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith("hr-")}
+            seen |= {n for n in os.listdir(_shm.SHM_DIR) if n.startswith(OURS)}
     # window (3) + the consumer channel (16 MiB: 8) + the consumer's two + slack for reuse
     assert len(seen) <= 20, sorted(seen)
 
@@ -315,7 +320,9 @@ def test_slots_are_private_random_and_reserved() -> None:
         for pool in pools:
             _, places = _shm.encode(np.ones(T), pool, os.getpid())
             names.append(places[0][0])
-        assert names[0] != names[1] and names[0].split("-")[1] != names[1].split("-")[1]
+        # hr-<owner pid>-<random>-<pid>-<random>: the owner is this process, the rest random
+        assert names[0] != names[1] and names[0].split("-")[2] != names[1].split("-")[2]
+        assert all(_shm.owner_pid(name) == os.getpid() for name in names)
         for name in names:
             st = os.stat(_shm.SHM_DIR / name)
             assert st.st_mode & 0o777 == 0o600
@@ -323,3 +330,50 @@ def test_slots_are_private_random_and_reserved() -> None:
     finally:
         for pool in pools:
             pool.close()
+
+
+def test_the_sweep_removes_dead_runs_only() -> None:
+    """A segment whose owner is dead is stale; one whose owner lives (this process) is not,
+    and neither is a file that is not headrace's."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(child.stdout)
+    names = [f"hr-{dead}-abc-{dead}-1", f"hr-{os.getpid()}-abc-{os.getpid()}-1"]
+    for name in names:
+        (_shm.SHM_DIR / name).write_bytes(b"x")
+    try:
+        assert names[0] in _shm.stale_segments()
+        assert names[1] not in _shm.stale_segments()
+        assert _shm.sweep_stale() >= 1
+        assert not (_shm.SHM_DIR / names[0]).exists()
+        assert (_shm.SHM_DIR / names[1]).exists()
+    finally:
+        for name in names:
+            (_shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
+def test_remove_run_goes_on_past_an_entry_it_cannot_remove(monkeypatch: Any) -> None:
+    pool = _shm.SlotPool(_shm.run_token(), 2**26)
+    for _ in range(3):
+        pool.take(T, os.getpid())
+    made = sorted(n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}-"))
+    assert len(made) == 3
+    real_unlink = os.unlink
+
+    def refuse_first(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(made[0]):
+            raise PermissionError(13, "squatted")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(_shm.os, "unlink", refuse_first)
+    try:
+        assert _shm.remove_run(pool.token) == 2
+    finally:
+        monkeypatch.undo()
+        pool.close()
+        _shm.remove_run(pool.token)
+    assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}-")]

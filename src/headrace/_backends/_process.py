@@ -47,7 +47,18 @@ import cloudpickle
 import numpy as np
 
 from .._errors import RemoteError, WorkerCrashedError, format_traceback, shorten
-from .._shm import HEADER, Mapper, SlotPool, attach, create, decode, encode, remove_run, run_token
+from .._shm import (
+    HEADER,
+    Mapper,
+    SlotPool,
+    attach,
+    create,
+    decode,
+    encode,
+    remove_run,
+    run_token,
+    sweep_stale,
+)
 from .._stages import STREAM_KINDS, StageOptions
 from .._transport import Cancelled, StopStage
 from ._base import (
@@ -510,6 +521,7 @@ class ProcessWorkers(Workers):
         self.work = work
         self.method = work.start_method or default_start_method()
         self.ctx = _context(self.method)
+        _sweep_once()
         self.token = run_token()
         budget = work.shm_budget
         progress = f"hr-{self.token}-progress"
@@ -937,6 +949,18 @@ def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrash
     return WorkerCrashedError(
         message, stage=stage, worker=str(proc.pid), exitcode=proc.process.exitcode, index=key
     )
+
+
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Remove what runs whose every process was killed at once left in /dev/shm (their resource
+    tracker died with them): once per program, at its first process stage."""
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_stale()
 
 
 def _cancelled(work: StageWork) -> bool:
