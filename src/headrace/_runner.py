@@ -1,12 +1,15 @@
 """The runner: executes a compiled plan. Written once; backends only start workers.
 
-    source thread --put--> [Channel] --next_task()--> workers --finish()--> reorder --emit-->
-                                                                            [Channel] / fused stage
+    source thread: SourceReader --chunk--> FanOut --> [Channel] / fused stage
+    stage:  Window -> next_chunk() --> workers --> finish(Done) --> Reorder --> outbox
+            --> one emitter at a time: FanOut --> [Channel] / fused stage
 
-Owns: `Execution` (one run: stage runners, channels, cancel, failure, close, figures) and
-`StageRunner` (one stage: takes tasks from its input channel under a bound on items in flight,
-restores input order, applies the error policy, counts, emits to its consumers, ends the
-stream). Imports graph, stages, transport and backends; nothing above it.
+Owns: `Execution` (one run: stage runners, channels, cancel, failure, close, figures),
+`StageRunner` (one stage: takes chunks from its input channel under the in-flight window,
+restores input order, applies the error policy, counts, hands outputs on, ends the stream) and
+`FanOut` (a stage's consumers). Runner locks guard only bookkeeping: user code and blocking
+puts run outside them (a finished chunk waits in the outbox; one thread at a time delivers).
+Imports graph, stages, transport, flow and backends; nothing above it.
 """
 
 from __future__ import annotations
@@ -15,18 +18,30 @@ import contextlib
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from ._backends._base import Backend, Outcome, Task, Workers, item_entropy, set_item
+from ._backends._base import (
+    Backend,
+    Chunk,
+    Done,
+    Failure,
+    Workers,
+    restore_context,
+    save_context,
+    set_item,
+)
 from ._backends._inline import InlineBackend
 from ._backends._process import ProcessBackend
 from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
+from ._flow import CHUNK_BYTES, MAX_CHUNK, Reorder, Sizer, SourceReader, Window
 from ._graph import Node, Plan
 from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
-from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, nbytes
+from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, chunk_nbytes
+from ._transport import nbytes as item_nbytes
 from ._types import ErrorRecord, StageSnapshot
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
@@ -34,6 +49,10 @@ CLOSE_TIMEOUT = 5.0
 #: Seconds a failing run waits for its workers before the error is raised: enough for every
 #: worker blocked in headrace to exit; a thread inside a long user call ends when it returns.
 ERROR_GRACE = 0.25
+#: A stream stage hands on what it has made when the oldest output has waited this long (or
+#: when it is about to wait for input): a transform that makes items slowly still delivers
+#: each promptly.
+EMIT_S = 0.001
 
 BACKENDS: dict[str, Backend] = {
     "inline": InlineBackend(),
@@ -53,12 +72,10 @@ class Inlet:
     def __init__(self, channel: Channel, producer: int) -> None:
         self.channel = channel
         self.producer = producer
+        self.counts_bytes = channel.counts_bytes
 
-    def put(self, item: Any) -> bool:
-        return self.channel.put(item, self.producer)
-
-    def put_many(self, items: list[Any]) -> int:
-        return self.channel.put_many(items, self.producer)
+    def put(self, keys: Sequence[int], values: list[Any], size: int) -> bool:
+        return self.channel.put(keys, values, self.producer, size)
 
     def close(self) -> None:
         self.channel.close(self.producer)
@@ -69,19 +86,15 @@ class Inlet:
 
 
 class FusedInlet:
-    """The input of a fused stage: a put runs the stage on the item at once."""
+    """The input of a fused stage: a put runs the stage on the chunk at once."""
+
+    counts_bytes = False
 
     def __init__(self, runner: StageRunner) -> None:
         self.runner = runner
 
-    def put(self, item: Any) -> bool:
-        return self.runner.push(item)
-
-    def put_many(self, items: list[Any]) -> int:
-        for done, item in enumerate(items):
-            if not self.runner.push(item):
-                return done
-        return len(items)
+    def put(self, keys: Sequence[int], values: list[Any], size: int) -> bool:
+        return self.runner.push(keys, values)
 
     def close(self) -> None:
         self.runner.input_closed()
@@ -92,6 +105,40 @@ class FusedInlet:
 
 
 Target = Inlet | FusedInlet
+
+
+class FanOut:
+    """A stage's consumers, per output port: a chunk goes to each of them (broadcast)."""
+
+    def __init__(self, ports: int) -> None:
+        self.ports: list[list[Target]] = [[] for _ in range(ports)]
+        self.counts_bytes = False
+
+    def add(self, port: int, target: Target) -> None:
+        self.ports[port].append(target)
+        self.counts_bytes = self.counts_bytes or target.counts_bytes
+
+    def put(self, port: int, keys: Sequence[int], values: list[Any], size: int = -1) -> int:
+        """Hand a chunk to every consumer of ``port``: how many items went out (0 when every
+        consumer of it has detached); StopStage once nobody reads any port."""
+        if size < 0:
+            size = chunk_nbytes(values) if self.counts_bytes else 0
+        delivered = False
+        for target in self.ports[port]:
+            delivered = target.put(keys, values, size) or delivered
+        if delivered:
+            return len(values)
+        if all(t.detached for targets in self.ports for t in targets):
+            raise StopStage
+        return 0
+
+    def close(self) -> None:
+        for targets in self.ports:
+            for target in targets:
+                target.close()
+
+    def channels(self) -> list[Channel]:
+        return [t.channel for targets in self.ports for t in targets if isinstance(t, Inlet)]
 
 
 class StageRunner:
@@ -108,26 +155,24 @@ class StageRunner:
         self.ports = node.ports
         self.backend = node.options.backend
         self.inbox: Channel | None = None
-        self.outputs: list[list[Target]] = [[] for _ in range(node.ports)]
+        self.fanout = FanOut(node.ports)
         self.workers: Workers | None = None
         self.thread: threading.Thread | None = None  # sources only
-        self.lock = threading.Lock()  # finishing, reordering, emitting
-        self._take_lock = threading.Lock()  # taking from the input
-        self._slots = threading.Condition()
-        execution.state.register(self._slots)
         backend = BACKENDS[node.options.backend]
-        # items (and array bytes) taken but not yet emitted
-        self._capacity, self._window_bytes = backend.window(node.options)
-        self._in_flight_bytes = 0
-        self._slot_waiters = 0
+        chunks, max_bytes = backend.window(node.options)
+        self.window = Window(execution.state, chunks, max_bytes, node.options.workers)
+        timed = node.options.timeout is not None
+        # An explicit maxsize bounds the items in the stage's output channel: chunks too.
+        self.max_chunk = node.options.maxsize or MAX_CHUNK
+        self.sizer = Sizer(backend.chunk_s, fixed=1 if timed else None, cap=self.max_chunk)
+        self.reorder = Reorder(node.options.ordered and node.options.workers > 1)
+        self.lock = threading.Lock()  # counts, the reorder buffer, the outbox
+        self._take_lock = threading.Lock()  # taking from the input
+        self._outbox: deque[Done] = deque()
+        self._emitting = False  # a thread is delivering the outbox
         self._local = threading.local()
-        self._ordered = node.options.ordered and node.options.workers > 1
-        self._pending: dict[int, Outcome] = {}
-        self._held: dict[int, list[Any]] | None = None  # outputs of a batch, by port
-        self._next_seq = 0
-        self._taken = 0
-        self._resolved = 0
-        self._in_flight = 0
+        self._taken = 0  # chunks taken
+        self._delivered = 0  # chunks delivered (or settled)
         self._out_key = 0
         self._live = node.options.workers
         self.input_ended = False
@@ -140,184 +185,209 @@ class StageRunner:
 
     # --- taking input ---------------------------------------------------------------------
 
-    def next_task(self) -> Task | None:
-        tasks = self.next_tasks(1)
-        return tasks[0] if tasks else None
-
-    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None:
-        """Up to ``limit`` tasks, each taken under the in-flight window. Waits for the first
-        only when ``block`` (else returns what is there now, maybe ``[]``, also when another
-        worker is taking); None once the input has ended or the stage stops."""
+    def next_chunk(self, block: bool = True) -> Chunk | bool | None:
+        """The next chunk of input, sized by the stage's `Sizer`, under the in-flight window.
+        None once the input has ended (or the stage stops); False (only when not ``block``)
+        when there is nothing to take now."""
         if not self._take_lock.acquire(blocking=block):
-            return []
-        tasks: list[Task] = []
+            return False
         try:
-            while len(tasks) < limit and not (self.input_ended or self.stopping):
-                wait = block and not tasks
-                with self._slots:
-                    while self._window_full():
-                        if not wait:
-                            return tasks
-                        if self.execution.state.cancelled:
-                            raise Cancelled
-                        self._slot_waiters += 1
-                        try:
-                            self._slots.wait()
-                        finally:
-                            self._slot_waiters -= 1
-                    room = min(self._capacity - self._in_flight, limit - len(tasks))
-                    if self._window_bytes and self._in_flight_bytes * 16 >= self._window_bytes:
-                        room = 1  # arrays in flight: one at a time, so bytes stay bounded
-                    self._in_flight += room  # reserved; what is not taken is given back
-                assert self.inbox is not None
-                items = self.inbox.get_many(room, wait)
-                if items is END or len(items) < room:
-                    self._release(0, room - (0 if items is END else len(items)))
-                if items is END:
-                    with self.lock:
-                        self.input_ended = True
-                        self._maybe_finish()
-                    break
-                for key, value in items:
-                    size = nbytes(value) if self._window_bytes else 0
-                    if size:
-                        with self._slots:
-                            self._in_flight_bytes += size
-                    tasks.append(Task(self._taken, key, value, size))
-                    self._taken += 1
-                self.items_in += len(items)
-                if len(items) < room:
-                    break  # the channel is empty for now
+            if self.input_ended or self.stopping:
+                return None
+            if not self.window.acquire(block):
+                return False
+            assert self.inbox is not None
+            try:
+                got = self.inbox.get(self.sizer.limit(), block)
+            except BaseException:
+                self.window.release()
+                raise
+            if got is None or got is END:
+                self.window.release()
+                if got is None:
+                    return False
+                self.input_ended = True
+                self._maybe_end()
+                return None
+            keys, values = got
+            size = chunk_nbytes(values) if self.window.max_bytes is not None else 0
+            self.window.add_bytes(size)
+            chunk = Chunk(self._taken, keys, values, size)
+            self._taken += 1
+            self.items_in += len(values)
+            return chunk
         finally:
             self._take_lock.release()
-        return tasks if tasks or not (self.input_ended or self.stopping) else None
 
-    def set_window(self, items: int) -> None:
-        """Change how many items the stage may hold in flight (a backend that learns its items
-        are large keeps fewer of them)."""
-        with self._slots:
-            self._capacity = max(items, self.options.workers)
-            if self._slot_waiters:
-                self._slots.notify_all()
+    def set_window(self, chunks: int) -> None:
+        """Change how many chunks the stage may hold in flight (a backend that learns its
+        items are large keeps fewer of them)."""
+        self.window.resize(chunks)
 
-    def _window_full(self) -> bool:
-        if self._in_flight >= self._capacity:
-            return True
-        return (
-            self._window_bytes is not None
-            and self._in_flight_bytes >= self._window_bytes
-            and self._in_flight >= self.options.workers
-        )
-
-    def _release(self, size: int = 0, items: int = 1) -> None:
-        with self._slots:
-            self._in_flight -= items
-            self._in_flight_bytes -= size
-            if self._slot_waiters:
-                self._slots.notify()
+    def stream_chunks(self) -> Iterator[tuple[Sequence[int], list[Any]]]:
+        """The input of a stream stage, chunk by chunk (this worker's share of it)."""
+        assert self.inbox is not None
+        while not (self.input_ended or self.stopping):
+            got = self.inbox.get(0, block=False)
+            if got is None:
+                self.flush()  # about to wait: what is made so far goes out first
+                got = self.inbox.get(0, block=True)
+            if got is END:
+                self.input_ended = True
+                return
+            with self.lock:
+                self.items_in += len(got[1])
+            yield got
 
     def stream_inputs(self) -> Iterator[Any]:
-        assert self.inbox is not None
-        while True:
-            with self._take_lock:
-                if self.input_ended or self.stopping:
-                    return
-                item = self.inbox.get()
-                if item is END:
-                    self.input_ended = True
-                    return
-                self.items_in += 1
-            self._local.key = item[0]
-            self.item_context(item[0])
-            yield item[1]
+        """The input of a stream stage, item by item (this worker's share of it)."""
+        local = self._local
+        seed, position = self.execution.seed, self.position
+        for keys, values in self.stream_chunks():
+            used = 0
+            try:
+                for key, value in zip(keys, values, strict=True):
+                    local.key = key
+                    set_item(seed, position, key)
+                    used += 1
+                    yield value
+            finally:
+                if used < len(values):  # the function stopped early (e.g. take)
+                    with self.lock:
+                        self.items_in -= len(values) - used
 
-    def push(self, item: Any) -> bool:
-        """Fused input: run the stage on ``item`` in the producer's thread."""
+    def forward(self) -> None:
+        """A stage that passes its input on unchanged (prefetch, merge): chunk by chunk."""
+        assert self.inbox is not None
+        limit = self.options.maxsize or 0
+        while not (self.input_ended or self.stopping):
+            got = self.inbox.get(limit, block=True)
+            if got is END:
+                self.input_ended = True
+                return
+            keys, values = got
+            with self.lock:
+                self.items_in += len(values)
+            if self.kind not in KEY_KEEPING:
+                keys = self._new_keys(len(values))
+            delivered = self.fanout.put(0, keys, values)
+            with self.lock:
+                self.items_out += delivered
+
+    def push(self, keys: Sequence[int], values: list[Any]) -> bool:
+        """Fused input: run the stage on a chunk in the producer's thread."""
         if self.execution.state.cancelled:
             raise Cancelled
         if self.stopping:
             return False
-        task = Task(self._taken, item[0], item[1])
+        if self.options.timeout is not None and len(values) > 1:  # timed: one item a chunk
+            return all(self.push(keys[i : i + 1], values[i : i + 1]) for i in range(len(values)))
+        chunk = Chunk(self._taken, keys, values)
         self._taken += 1
-        self.items_in += 1
+        self.items_in += len(values)
         assert self.workers is not None
-        context = item_entropy()  # the producer's item, restored for its own rng() calls
+        context = save_context()  # the producer's item, restored for its own rng() calls
         try:
-            self.workers.push(task)
+            self.workers.push(chunk)
         except StopStage:
             return False
         finally:
-            if context is not None:
-                set_item(*context)
+            restore_context(context)
         return True
 
     def input_closed(self) -> None:
-        with self.lock:
-            self.input_ended = True
-            self._maybe_finish()
+        self.input_ended = True
+        self._maybe_end()
 
-    # --- finishing items ------------------------------------------------------------------
+    # --- finishing chunks -----------------------------------------------------------------
 
-    def finish(self, outcome: Outcome) -> None:
-        with self.lock:
-            self._finish(outcome)
-            self._maybe_finish()
-
-    def finish_many(self, outcomes: list[Outcome]) -> None:
-        """`finish` for a batch: one lock, and each output channel takes the batch's outputs
-        in one go (one wake-up of its consumer instead of one per item)."""
-        with self.lock:
-            self._held = {}
-            try:
-                for outcome in outcomes:
-                    self._finish(outcome)
-            finally:
-                held, self._held = self._held, None
-                self._flush(held)
-            self._maybe_finish()
-
-    def _finish(self, outcome: Outcome) -> None:
-        self.busy_s += outcome.busy_s
-        if not self._ordered or (outcome.error and self.options.on_error == "raise"):
-            self._resolve(outcome)  # a failure that ends the run does not wait its turn
-        else:
-            self._pending[outcome.task.seq] = outcome
-            while self._next_seq in self._pending:
-                self._resolve(self._pending.pop(self._next_seq))
-
-    def _resolve(self, outcome: Outcome) -> None:
-        self._next_seq += 1
-        try:
-            if outcome.error is not None:
+    def finish(self, done: Done) -> None:
+        """A worker is done with a chunk: order it, then deliver what is ready."""
+        failures = done.chunk.failures + done.errors
+        if failures and self.options.on_error != "skip":
+            with self.lock:
+                self.busy_s += done.busy_s
+                self.completed += done.completed
+                self.dropped += done.dropped
                 self.errors += 1
-                self._failed(outcome.error, outcome.traceback, outcome.task.key)
-            elif outcome.outputs:
-                for out in outcome.outputs:
-                    if self.kind == "route":
-                        self._emit(out[0], outcome.task.key, out[1])
-                    else:
-                        self._emit(0, outcome.task.key, out)
-                self.completed += 1
-            elif self.kind in ("filter", "route"):
-                self.dropped += 1
-            else:
-                self.completed += 1
-        finally:
-            self._resolved += 1
-            if not fused(self.node):
-                self._release(outcome.task.nbytes)
+            self._failed(failures[0])  # a failure that ends the run does not wait its turn
+        if self.fanout.counts_bytes or self.window.max_bytes is not None:
+            done.nbytes = sum(chunk_nbytes(values) for _, values in done.outputs)
+        self.sizer.learn(len(done.chunk.values), done.busy_s, max(done.nbytes, done.chunk.nbytes))
+        with self.lock:
+            self.busy_s += done.busy_s
+            self._outbox.extend(self.reorder.add(done.chunk.seq, done))
+            if self._emitting or not self._outbox:
+                return
+            self._emitting = True
+        self._drain()
 
-    def _failed(self, error: BaseException, tb: str, key: int | None) -> None:
-        record = ErrorRecord(self.name, key, type(error).__name__, shorten(str(error)), tb)
-        self.execution.record(record)
+    def _drain(self) -> None:
+        """Deliver the outbox in order; the thread that finds it idle does it."""
+        try:
+            while True:
+                with self.lock:
+                    if not self._outbox:
+                        self._emitting = False
+                        break
+                    done = self._outbox.popleft()
+                self._deliver(done)
+        except BaseException:
+            with self.lock:
+                self._emitting = False
+            raise
+        self._maybe_end()
+
+    def _deliver(self, done: Done) -> None:
+        chunk = done.chunk
+        try:
+            failures = chunk.failures + done.errors
+            with self.lock:
+                self.completed += done.completed
+                self.dropped += done.dropped
+                self.errors += len(failures)
+            for failure in failures:
+                self._record(failure)
+            for port, (keys, values) in enumerate(done.outputs):
+                if values:
+                    if self.kind not in KEY_KEEPING:
+                        keys = self._new_keys(len(values))
+                    delivered = self.fanout.put(port, keys, values, done.nbytes)
+                    with self.lock:
+                        self.items_out += delivered
+        finally:
+            if not fused(self.node):
+                self.window.release(chunk.nbytes)
+            with self.lock:
+                self._delivered += 1
+
+    def _new_keys(self, n: int) -> range:
+        with self.lock:
+            base = self._out_key
+            self._out_key += n
+        return range(base, base + n)
+
+    def _record(self, failure: Failure) -> None:
+        error = failure.error
+        self.execution.record(
+            ErrorRecord(
+                self.name, failure.key, type(error).__name__, shorten(str(error)), failure.traceback
+            )
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        self._record(failure)
         if self.options.on_error != "skip":
-            self.execution.fail(deliver(error, stage=self.name, index=key, tb_text=tb))
+            error = failure.error
+            self.execution.fail(
+                deliver(error, stage=self.name, index=failure.key, tb_text=failure.traceback)
+            )
             raise Cancelled
 
     def stream_failed(self, error: BaseException, tb: str) -> None:
         with self.lock:
             self.errors += 1
-            self._failed(error, tb, getattr(self._local, "key", None))
+        self._failed(Failure(getattr(self._local, "key", None), error, tb))  # type: ignore[arg-type]
 
     def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
         """The stage cannot go on (its setup failed, or its workers crash in a loop)."""
@@ -326,34 +396,43 @@ class StageRunner:
         )
         self.execution.fail(deliver(error, stage=self.name, index=key, tb_text=tb))
 
+    # --- stream stages: outputs are gathered into chunks per worker -------------------------
+
     def emit(self, value: Any) -> None:
-        with self.lock:
-            self._emit(0, self._local.key if self.kind in KEY_KEEPING else -1, value)
+        local = self._local
+        pending: list[Any] | None = getattr(local, "pending", None)
+        if pending is None:
+            pending = local.pending = []
+            local.pending_keys = []
+            local.pending_since = time.perf_counter()
+            local.pending_bytes = 0
+        pending.append(value)
+        local.pending_keys.append(getattr(local, "key", -1))
+        if self.fanout.counts_bytes:
+            local.pending_bytes += item_nbytes(value)
+        if (
+            len(pending) >= self.max_chunk
+            or local.pending_bytes >= CHUNK_BYTES
+            or time.perf_counter() - local.pending_since > EMIT_S
+        ):
+            self.flush()
 
-    def _emit(self, port: int, key: int, value: Any) -> None:
-        if self.kind not in KEY_KEEPING:
-            key = self._out_key
-            self._out_key += 1
-        if self._held is not None:
-            self._held.setdefault(port, []).append((key, value))
+    def flush(self) -> None:
+        """Hand on the outputs this worker has gathered."""
+        local = self._local
+        values: list[Any] | None = getattr(local, "pending", None)
+        if not values:
             return
-        delivered = False
-        for target in self.outputs[port]:
-            delivered = target.put((key, value)) or delivered
-        if delivered:
-            self.items_out += 1
-        elif all(t.detached for targets in self.outputs for t in targets):
-            self.stop()
-            raise StopStage
-
-    def _flush(self, held: dict[int, list[Any]]) -> None:
-        """Deliver the outputs held back by `finish_many`."""
-        for port, items in held.items():
-            delivered = max((t.put_many(items) for t in self.outputs[port]), default=0)
+        keys: Sequence[int] = local.pending_keys
+        size = local.pending_bytes if self.fanout.counts_bytes else 0
+        local.pending = None
+        if self.kind not in KEY_KEEPING:
+            keys = self._new_keys(len(values))
+        delivered = self.fanout.put(0, keys, values, size)
+        with self.lock:
             self.items_out += delivered
-            if delivered == 0 and all(t.detached for ts in self.outputs for t in ts):
-                self.stop()
-                raise StopStage
+
+    # --- the end of the stage -------------------------------------------------------------
 
     def stop(self) -> None:
         """Nobody reads this stage any more: stop taking input, let the producers know."""
@@ -364,24 +443,31 @@ class StageRunner:
     def worker_exited(self) -> None:
         with self.lock:
             self._live -= 1
-            if self.kind in STREAM_KINDS and self._live == 0 and not self.execution.state.cancelled:
-                if not self.input_ended:
-                    self.stop()  # the function returned early (take): upstream may stop
-                self._end()
-            self._maybe_finish()
+            live = self._live
+        if self.kind in STREAM_KINDS and live == 0 and not self.execution.state.cancelled:
+            if not self.input_ended:
+                self.stop()  # the function returned early (take): upstream may stop
+            self._end()
+        self._maybe_end()
 
-    def _maybe_finish(self) -> None:
-        if self.kind in CALL_KINDS and self.input_ended and self._resolved == self._taken:
+    def _maybe_end(self) -> None:
+        with self.lock:
+            ready = (
+                self.kind in CALL_KINDS
+                and self.input_ended
+                and self._delivered == self._taken
+                and not self._emitting
+            )
+        if ready:
             self._end()
 
     def _end(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.ended = time.perf_counter()
-        for targets in self.outputs:
-            for target in targets:
-                target.close()
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            self.ended = time.perf_counter()
+        self.fanout.close()
 
     def item_context(self, key: int) -> None:
         set_item(self.execution.seed, self.position, key)
@@ -404,22 +490,23 @@ class StageRunner:
     # --- sources --------------------------------------------------------------------------
 
     def run_source(self, iterable: Iterable[Any]) -> None:
-        iterator: Iterator[Any] | None = None
+        """Read the source in chunks (see `SourceReader`) and hand each on."""
+        reader: SourceReader | None = None
         key = 0
         try:
-            iterator = iter(iterable)
+            reader = SourceReader(iterable, self.fanout.counts_bytes)
             while True:
-                start = time.perf_counter()
-                try:
-                    value = next(iterator)
-                except StopIteration:
+                values, size, error = reader.pull()
+                if values:
+                    n = len(values)
+                    self.items_in += n
+                    self.completed += n
+                    self.items_out += self.fanout.put(0, range(key, key + n), values, size)
+                    key += n
+                if error is not None:
+                    raise error
+                if not values:
                     break
-                finally:
-                    self.busy_s += time.perf_counter() - start
-                self.items_in += 1
-                self._emit(0, key, value)
-                self.completed += 1
-                key += 1
             self._end()
         except (Cancelled, StopStage):
             pass
@@ -427,12 +514,14 @@ class StageRunner:
             self.items_in += 1  # the failed pull counts as an item, ended in an error
             self.errors += 1
             with contextlib.suppress(Cancelled):  # the failure is on its way to the consumer
-                self._failed(exc, format_traceback(exc), key)
+                self._failed(Failure(key, exc, format_traceback(exc)))
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None and iterator is not iterable:
-                with contextlib.suppress(Exception):  # a generator that fails to close
-                    close()
+            if reader is not None:
+                self.busy_s = reader.busy_s
+                close = getattr(reader.iterator, "close", None)
+                if close is not None and reader.iterator is not iterable:
+                    with contextlib.suppress(Exception):  # a generator that fails to close
+                        close()
             self.ended = self.ended or time.perf_counter()
 
     # --- figures --------------------------------------------------------------------------
@@ -446,7 +535,7 @@ class StageRunner:
         if self.done or closed:
             cancelled = max(0, items_in - completed - self.dropped - self.errors)
         elapsed = max((self.ended or now) - self.started, 1e-9)
-        channels = [t.channel for targets in self.outputs for t in targets if isinstance(t, Inlet)]
+        channels = self.fanout.channels()
         blocked = sum(c.blocked_s for c in channels)
         starved = self.inbox.starved_s if self.inbox is not None else 0.0
         busy = self.busy_s
@@ -528,10 +617,10 @@ class Execution:
                     else:
                         assert target.inbox is not None
                         inlet = Inlet(target.inbox, slot)
-                    runner.outputs[port].append(inlet)
+                    runner.fanout.add(port, inlet)
         for node, port in terminals:
             channel = self._channel([node.options], Channel)
-            self.runners[node].outputs[port].append(Inlet(channel, 0))
+            self.runners[node].fanout.add(port, Inlet(channel, 0))
             self.outlets.append(channel)
 
     def _channel(self, feeders: list[StageOptions], kind: type[Channel]) -> Channel:
@@ -575,16 +664,16 @@ class Execution:
         self.state.cancel()
 
     def get(self, outlet: int = 0) -> Any:
-        """The next item of a terminal stream, or END; raises the run's failure."""
+        """The next chunk's values of a terminal stream, or END; raises the run's failure."""
         if self.closed and self.failure is None:
             raise ClosedError("this run is closed; start a new one by iterating the stream again")
         try:
-            item = self.outlets[outlet].get()
+            got = self.outlets[outlet].get()
         except Cancelled:
             if self.failure is not None:
                 raise self.failure from self.failure.__cause__
             raise ClosedError("this run was cancelled") from None
-        return item if item is END else item[1]
+        return got if got is END else got[1]
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Stop every stage and wait for its workers; True if all of them ended in time."""

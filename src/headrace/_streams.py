@@ -307,8 +307,11 @@ class Stream:
 
     def collect(self, **run_options: Any) -> list[Any]:
         """Run the stream and return its items as a list."""
+        items: list[Any] = []
         with self.open(**run_options) as run:
-            return list(run)
+            for values in run.chunks():
+                items.extend(values)
+        return items
 
     def run(self, **run_options: Any) -> Report:
         """Run the stream to the end, discarding its items, and return the report."""
@@ -377,6 +380,7 @@ class Run:
             start_method=start_method,
             memory=None if memory is None else parse_bytes(memory),
         )
+        self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(self._execution.snapshot, file=sys.stderr)
@@ -388,31 +392,61 @@ class Run:
         if self._progress is not None:
             self._progress.start()
 
-    def __iter__(self) -> Run:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return self._items(0)
 
     def __next__(self) -> Any:
         return self.next_of(0)
 
-    def next_of(self, outlet: int) -> Any:
+    def _items(self, outlet: int) -> Iterator[Any]:
+        """The items of one outlet: a generator over its chunks (the fast way to iterate)."""
+        while True:
+            yield from self._cursors[outlet]
+            if not self._advance(outlet):
+                return
+
+    def _advance(self, outlet: int) -> bool:
+        """Fetch the outlet's next chunk into its cursor; False at the end."""
         try:
-            item = self._execution.get(outlet)
+            values = self._execution.get(outlet)
         except BaseException:
             self.close(ERROR_GRACE)  # the error must not wait for a worker busy in user code
             raise
-        if item is END:
+        if values is END:
             if outlet == len(self._execution.outlets) - 1:
                 self.close()
-            raise StopIteration
-        return item
+            return False
+        self._cursors[outlet] = iter(values)
+        return True
+
+    def next_of(self, outlet: int) -> Any:
+        while True:
+            for item in self._cursors[outlet]:
+                return item
+            if not self._advance(outlet):
+                raise StopIteration
+
+    def chunks(self, outlet: int = 0) -> Iterator[list[Any]]:
+        """The items of one outlet, a list per chunk as they arrive."""
+        rest = list(self._cursors[outlet])
+        if rest:
+            yield rest
+        while True:
+            try:
+                values = self._execution.get(outlet)
+            except BaseException:
+                self.close(ERROR_GRACE)
+                raise
+            if values is END:
+                if outlet == len(self._execution.outlets) - 1:
+                    self.close()
+                return
+            yield values
 
     def drain(self) -> None:
         for outlet in range(len(self._execution.outlets)):
-            while True:
-                try:
-                    self.next_of(outlet)
-                except StopIteration:
-                    break
+            for _ in self.chunks(outlet):
+                pass
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop every stage and wait (up to ``timeout`` s) for its workers."""
@@ -623,8 +657,8 @@ def rng() -> np.random.Generator:
     entropy = item_entropy()
     if entropy is None:
         return np.random.default_rng()
-    generator = item_rng()
+    generator = item_rng(entropy)
     if generator is None:
         generator = np.random.default_rng(list(entropy))
-        cache_rng(generator)
+        cache_rng(entropy, generator)
     return generator  # type: ignore[no-any-return]

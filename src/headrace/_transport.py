@@ -2,8 +2,14 @@
 
 Owns: `Channel` (bounded, many producers, end-of-stream once every producer closed, a consumer
 that can detach), `ZipChannel` (joins the items of several inputs by item index), `RunState`
-(cancelling wakes every waiter), `Cancelled` and `END`. Items are ``(index, value)`` pairs.
-Imports nothing from headrace but `_errors`.
+(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END` and `nbytes`.
+
+The unit of transfer is a chunk: a pair ``(keys, values)`` of equal length, where ``keys``
+are the items' indices (a `range` when they are consecutive) and ``values`` a list. A put or
+a get moves a whole chunk under one lock, with one wake-up. The capacity counts items: a
+channel accepts a chunk while it holds fewer items than its capacity (and fewer bytes of array
+data than its byte bound), so it holds at most one chunk beyond its capacity.
+Imports nothing from headrace.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -24,6 +30,9 @@ class _End:
 
 #: Returned by `Channel.get` once every producer has closed and the channel is empty.
 END: Final = _End()
+
+#: A chunk: the items' indices and their values.
+Chunk = tuple[Sequence[int], list[Any]]
 
 
 class Cancelled(Exception):
@@ -68,10 +77,10 @@ class RunState:
 
 
 class Channel:
-    """A bounded FIFO of ``(index, value)`` items between stages.
+    """A bounded FIFO of chunks between stages.
 
     ``put`` blocks while the channel is full (backpressure) and returns False once the
-    consumer has detached (the item is discarded); ``get`` blocks while it is empty and
+    consumer has detached (the chunk is discarded); ``get`` blocks while it is empty and
     returns `END` after every producer has closed. Both raise `Cancelled` when the run is
     cancelled. Seconds spent waiting are kept in ``blocked_s`` (producers) and ``starved_s``
     (the consumer).
@@ -90,17 +99,17 @@ class Channel:
         self._byte_bound = byte_bound
         self._min_items = min_items
         self._bytes = 0
+        self._count = 0
         self._state = state
-        self._items: deque[Any] = deque()
+        self._chunks: deque[tuple[Sequence[int], list[Any], int]] = deque()
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._not_empty = threading.Condition(self._lock)
         state.register(self._not_full, self._not_empty)
         self._open = producers
-        # Threads waiting in put / get: a notify with nobody waiting is skipped (it costs a
-        # Python-level ownership check per item).
+        # Threads waiting in put / get: a notify with nobody waiting is skipped.
         self._putters = 0
-        self._getters = 0
+        self.getters = 0
         self.detached = False
         self.discarded = 0
         self.peak_fill = 0
@@ -109,53 +118,36 @@ class Channel:
 
     @property
     def fill(self) -> int:
-        return len(self._items)
+        return self._count
+
+    @property
+    def counts_bytes(self) -> bool:
+        return self._byte_bound is not None
 
     def _full(self, size: int) -> bool:
-        if len(self._items) >= self.capacity:
-            return not self.detached
-        if self._byte_bound is None or len(self._items) < self._min_items:
+        if self.detached:
             return False
-        return self._bytes + size > self._byte_bound and not self.detached
+        if self._count >= self.capacity:
+            return True
+        if self._byte_bound is None or self._count < self._min_items:
+            return False
+        return self._bytes + size > self._byte_bound
 
-    def put(self, item: Any, producer: int = 0) -> bool:
-        size = nbytes(item[1]) if self._byte_bound is not None else 0
+    def put(self, keys: Sequence[int], values: list[Any], producer: int = 0, size: int = 0) -> bool:
+        """Add a chunk (``size``: its bytes of array data, when the channel counts bytes);
+        False if the consumer has detached and the chunk was discarded."""
         with self._not_full:
             self._await_room(size)
             if self.detached:
-                self.discarded += 1
+                self.discarded += len(values)
                 return False
-            self._bytes += size
-            self._add(item, producer)
-            if self._getters:
+            self._add(keys, values, size, producer)
+            if self.getters:
                 self._not_empty.notify()
             return True
 
-    def put_many(self, items: list[Any], producer: int = 0) -> int:
-        """`put` for several items under one lock, waking the consumer once (and before any
-        wait for room); how many were delivered (fewer once the consumer has detached)."""
-        sizes = [nbytes(v) for _, v in items] if self._byte_bound is not None else None
-        added = 0
-        with self._not_full:
-            try:
-                for i, item in enumerate(items):
-                    size = sizes[i] if sizes is not None else 0
-                    if added and self._getters and self._full(size):
-                        self._not_empty.notify()  # what is in can be read while we wait
-                    self._await_room(size)
-                    if self.detached:
-                        self.discarded += len(items) - i
-                        return i
-                    self._bytes += size
-                    self._add(item, producer)
-                    added += 1
-                return len(items)
-            finally:
-                if added and self._getters:
-                    self._not_empty.notify()
-
     def _await_room(self, size: int) -> None:
-        """Wait (holding the lock) until an item of ``size`` bytes fits; Cancelled if the run
+        """Wait (holding the lock) until a chunk of ``size`` bytes fits; Cancelled if the run
         is cancelled meanwhile."""
         if self._full(size):
             start = time.perf_counter()
@@ -171,59 +163,73 @@ class Channel:
         if self._state.cancelled:
             raise Cancelled
 
-    def _add(self, item: Any, producer: int) -> None:
-        self._items.append(item)
-        if len(self._items) > self.peak_fill:
-            self.peak_fill = len(self._items)
+    def _add(self, keys: Sequence[int], values: list[Any], size: int, producer: int) -> None:
+        self._chunks.append((keys, values, size))
+        self._count += len(values)
+        self._bytes += size
+        if self._count > self.peak_fill:
+            self.peak_fill = self._count
 
-    def get(self) -> Any:
+    def get(self, limit: int = 0, block: bool = True) -> Any:
+        """The next chunk, at most ``limit`` items (0: as queued; a longer chunk is split, and
+        short ones queued behind each other are joined up to ``limit``). Waits for one only
+        when ``block``, else returns None when there is none now; `END` once ended."""
         with self._not_empty:
-            if not self._await_item():
-                return END
-            item = self._items.popleft()
-            if self._byte_bound is not None:
-                self._bytes -= nbytes(item[1])
-            self._room_made()
-            return item
+            if not self._chunks:
+                if not block and self._open:
+                    return None
+                if not self._await_item():
+                    return END
+            elif self._state.cancelled:
+                raise Cancelled
+            keys, values, size = self._chunks.popleft()
+            n = len(values)
+            if limit and n > limit:
+                rest = n - limit
+                rest_size = size * rest // n
+                self._chunks.appendleft((keys[limit:], values[limit:], rest_size))
+                keys, values, size = keys[:limit], values[:limit], size - rest_size
+                n = limit
+            elif limit and n < limit and self._chunks:
+                keys, values, size = self._join(keys, values, size, limit)
+                n = len(values)
+            self._count -= n
+            self._bytes -= size
+            if self._putters:
+                # All: a woken producer may not use the room (a large chunk under the byte
+                # bound), and the one that could must not sleep on.
+                self._not_full.notify_all()
+            return keys, values
 
-    def get_many(self, n: int, block: bool = True) -> Any:
-        """Up to ``n`` items under one lock: waits for the first only when ``block``; ``[]``
-        when none is there (without blocking), `END` once the channel has ended."""
-        with self._not_empty:
-            if not block and not self._items and self._open:
-                return []
-            if not self._await_item():
-                return END
-            take = min(n, len(self._items))
-            items = [self._items.popleft() for _ in range(take)]
-            if self._byte_bound is not None:
-                self._bytes -= sum(nbytes(v) for _, v in items)
-            self._room_made()
-            return items
+    def _join(
+        self, keys: Sequence[int], values: list[Any], size: int, limit: int
+    ) -> tuple[Sequence[int], list[Any], int]:
+        """Join the chunks queued behind the first one, up to ``limit`` items."""
+        keys, values = list(keys), list(values)
+        while self._chunks and len(values) + len(self._chunks[0][1]) <= limit:
+            more_keys, more_values, more_size = self._chunks.popleft()
+            keys.extend(more_keys)
+            values.extend(more_values)
+            size += more_size
+        return keys, values, size
 
     def _await_item(self) -> bool:
-        """Wait (holding the lock) for an item: True when one is there, False at the end;
+        """Wait (holding the lock) for a chunk: True when one is there, False at the end;
         Cancelled if the run is cancelled meanwhile."""
-        if not self._items and self._open:
+        if not self._chunks and self._open:
             start = time.perf_counter()
-            while not self._items and self._open:
+            while not self._chunks and self._open:
                 if self._state.cancelled:
                     raise Cancelled
-                self._getters += 1
+                self.getters += 1
                 try:
                     self._not_empty.wait()
                 finally:
-                    self._getters -= 1
+                    self.getters -= 1
             self.starved_s += time.perf_counter() - start
         if self._state.cancelled:
             raise Cancelled
-        return bool(self._items)
-
-    def _room_made(self) -> None:
-        # All: a woken producer may not use the room (a zip half-tuple, a large item under
-        # the byte bound), and the one that could must not sleep on.
-        if self._putters:
-            self._not_full.notify_all()
+        return bool(self._chunks)
 
     def close(self, producer: int = 0) -> None:
         """One producer has finished."""
@@ -236,10 +242,10 @@ class Channel:
 
         Returns how many queued items were dropped."""
         with self._lock:
-            dropped = len(self._items)
+            dropped = self._count
             self.discarded += dropped
-            self._items.clear()
-            self._bytes = 0
+            self._chunks.clear()
+            self._count = self._bytes = 0
             self.detached = True
             self._not_full.notify_all()
             return dropped
@@ -265,6 +271,13 @@ def nbytes(value: Any) -> int:
     return 0
 
 
+def chunk_nbytes(values: list[Any]) -> int:
+    """`nbytes` of a whole chunk; a chunk of plain items is answered at C speed."""
+    if _PLAIN.issuperset(map(type, values)):
+        return 0
+    return sum(map(nbytes, values))
+
+
 class ZipChannel(Channel):
     """Joins the items of ``producers`` inputs that carry the same index into one tuple.
 
@@ -277,38 +290,37 @@ class ZipChannel(Channel):
         # when taken; the parts are held by the bounded channels upstream anyway.
         super().__init__(capacity, state, producers=producers)
         self._width = producers
-        self._partial: dict[Any, list[Any]] = {}
-        self._missing: dict[Any, int] = {}
+        self._partial: dict[int, list[Any]] = {}
+        self._missing: dict[int, int] = {}
 
-    def _add(self, item: Any, producer: int) -> None:
-        key, value = item
-        parts = self._partial.get(key)
-        if parts is None:
-            parts = self._partial[key] = [None] * self._width
-            self._missing[key] = self._width
-        parts[producer] = value
-        self._missing[key] -= 1
-        if self._missing[key] == 0:
-            del self._partial[key], self._missing[key]
-            super()._add((key, tuple(parts)), producer)
+    def put(self, keys: Sequence[int], values: list[Any], producer: int = 0, size: int = 0) -> bool:
+        with self._not_full:
+            # Completing a tuple never needs room; starting one does.
+            if any(k not in self._partial for k in keys):
+                self._await_room(0)
+            elif self._state.cancelled:
+                raise Cancelled
+            if self.detached:
+                self.discarded += len(values)
+                return False
+            self._add(keys, values, 0, producer)
+            if self.getters:
+                self._not_empty.notify()
+            return True
 
-    def put(self, item: Any, producer: int = 0) -> bool:
-        if item[0] in self._partial:  # completing a tuple never needs room
-            with self._lock:
-                if self._state.cancelled:
-                    raise Cancelled
-                if self.detached:
-                    self.discarded += 1
-                    return False
-                self._add(item, producer)
-                if self._getters:
-                    self._not_empty.notify()
-                return True
-        return super().put(item, producer)
-
-    def put_many(self, items: list[Any], producer: int = 0) -> int:
-        # One at a time: each item may complete a tuple (which needs no room) or not.
-        for done, item in enumerate(items):
-            if not self.put(item, producer):
-                return done
-        return len(items)
+    def _add(self, keys: Sequence[int], values: list[Any], size: int, producer: int) -> None:
+        done_keys: list[int] = []
+        done_values: list[Any] = []
+        for key, value in zip(keys, values, strict=True):
+            parts = self._partial.get(key)
+            if parts is None:
+                parts = self._partial[key] = [None] * self._width
+                self._missing[key] = self._width
+            parts[producer] = value
+            self._missing[key] -= 1
+            if self._missing[key] == 0:
+                del self._partial[key], self._missing[key]
+                done_keys.append(key)
+                done_values.append(tuple(parts))
+        if done_values:
+            super()._add(done_keys, done_values, 0, producer)

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import headrace as hr
+from headrace._flow import MAX_CHUNK
+from headrace._stages import AUTO_ITEMS
 
 N = 30
 
@@ -182,15 +184,23 @@ def stalled_run_ahead(build: Any) -> tuple[int, Any]:
     return pulled - consumed, report
 
 
-#: Items a stage holds per worker beyond its output channel: one in hand and one in the reorder
-#: window; a process worker holds two batches of at most 256 small items (KNOWN_GAPS.md).
-HELD_PER_WORKER = {"inline": 2, "thread": 2, "process": 2 * 256}
+#: Chunks a stage holds per worker beyond its output channel: one in hand and one in the
+#: reorder window; a process worker two sent to it and one in the reorder window.
+HELD_PER_WORKER = {"inline": 2, "thread": 2, "process": 3}
+
+
+def chunk_bound(capacity: int) -> int:
+    """The largest chunk a stage makes: `MAX_CHUNK` small items, or its explicit maxsize."""
+    return MAX_CHUNK if capacity == AUTO_ITEMS else min(capacity, MAX_CHUNK)
 
 
 def in_flight_bound(report: Any) -> int:
-    """RELIABILITY §5: items in flight <= the channel capacities plus what each stage holds
-    (`HELD_PER_WORKER`), plus the one in the hand of the source."""
-    return sum(st.capacity + HELD_PER_WORKER[st.backend] * st.workers for st in report.stages) + 1
+    """Items in flight <= per stage: its output channel (its capacity, plus the one chunk it
+    accepts beyond it) and the chunks its workers hold (`HELD_PER_WORKER`)."""
+    return sum(
+        st.capacity + (1 + HELD_PER_WORKER[st.backend] * st.workers) * chunk_bound(st.capacity)
+        for st in report.stages
+    )
 
 
 def test_slow_consumer_bounds_the_source(opts: dict[str, Any], wait_no_threads: Any) -> None:

@@ -98,12 +98,21 @@ stream = hr.from_iterable(range(10)).map(crash_once, workers=2, backend="process
     result.assert_conserved(full=True)
 
 
-def test_an_item_that_crashes_twice_ends_the_run_as_a_crash_loop() -> None:
-    result = run_scenario(crash_body("sigkill", "skip", retries=3))
+def test_retries_mean_what_they_say_for_crashes() -> None:
+    """An item that kills its worker every time is tried 1 + retries times, then skipped like
+    any failing item: retries never make on_error="skip" weaker."""
+    result = run_scenario(crash_body("sigkill", "skip", retries=2))
+    assert result.error is None, result.error
+    assert result.out == [x for x in range(20) if x != 5]
+    assert [e[1:] for e in result.result["errors"]] == [[5, "WorkerCrashedError"]]
+    result.assert_conserved(full=True)
+
+
+def test_an_item_that_crashes_past_its_retries_fails_the_run_under_raise() -> None:
+    result = run_scenario(crash_body("sigkill", "raise", retries=1))
     error = result.error
     assert error is not None and error["type"] == "WorkerCrashedError"
-    assert "crash loop" in error["message"] and "second time" in error["message"]
-    assert error["index"] == 5
+    assert error["index"] == 5 and "crash loop" not in error["message"]
     result.assert_conserved()
 
 
@@ -117,7 +126,7 @@ stream = hr.from_iterable(range(50)).map(always, workers=2, backend="process",
     result = run_scenario(body)
     error = result.error
     assert error is not None and "crash loop" in error["message"], result.result
-    assert "workers died within" in error["message"]
+    assert "different items within" in error["message"]
     result.assert_conserved()
     assert not result.leftovers
 

@@ -14,6 +14,7 @@ import pytest
 
 import headrace as hr
 from headrace import _shm
+from headrace._flow import MAX_CHUNK
 
 #: The prefix of the segments of this process's runs (other programs may run headrace too).
 OURS = f"hr-{os.getpid()}-"
@@ -246,8 +247,10 @@ def test_a_slow_consumer_bounds_the_items_in_flight() -> None:
         in_flight = pulled - 50
         report = run.report()
     capacities = sum(s.capacity for s in report.stages)
-    window = 2 * 256 * 2  # the process stage's window: DEPTH x MAX_BATCH x workers
-    assert in_flight <= capacities + window + 2, (in_flight, capacities)
+    # Each channel holds its capacity plus one chunk; the process stage holds (DEPTH + 1)
+    # chunks per worker; the source one in hand. A chunk is at most MAX_CHUNK small items.
+    chunks = len(report.stages) + 3 * 2 + 1
+    assert in_flight <= capacities + chunks * MAX_CHUNK, (in_flight, capacities)
 
 
 def test_unknown_start_method_is_refused() -> None:

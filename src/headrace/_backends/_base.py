@@ -1,15 +1,17 @@
-"""What every backend shares: the task record, the worker body, and the backend interface.
+"""What every backend shares: chunks, the worker body, and the backend interface.
 
-A backend only starts workers and moves items; everything a worker does with an item lives
-here, so it is written once:
+A backend only starts workers and moves chunks; everything a worker does with the items of a
+chunk lives here, so it is written once:
 
     runner (StageWork)                      worker (thread / process / actor)
     ------------------                      ---------------------------------
-    next_task() -> Task  ----------------->  execute(): call fn, retry, time it
-    finish(Outcome)      <-----------------  Outcome(outputs | error + traceback)
-    stream_inputs()      ----------------->  run_stream(): fn(iterator) -> outputs
-    emit(value)          <-----------------
+    next_chunk() -> Chunk  --------------->  Caller.run(): call fn on each item, retry,
+    finish(Done)           <---------------    time it; Done(outputs per port | errors)
+    stream_inputs()        --------------->  run_stream(): fn(iterator) -> outputs
+    emit(value)            <---------------
 
+Per-item semantics hold inside a chunk: each item is called on its own (its retries, its
+error record with its own index, its `rng`), and outputs keep their items' order.
 Must not import the runner or any feature module.
 """
 
@@ -18,35 +20,58 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._errors import StageTimeoutError, format_traceback, shorten
-from .._stages import StageOptions
+from .._stages import StageOptions, identity_body
 from .._transport import Cancelled, StopStage
 
 
 @dataclass(slots=True)
-class Task:
-    """One item for one stage: its position in the stage's input, its index, its value (and
-    the bytes of array data in it, when the stage's window counts them)."""
+class Failure:
+    """One item that failed: its index, the exception, the worker's traceback text."""
 
-    seq: int
     key: int
-    value: Any
-    nbytes: int = 0
+    error: BaseException
+    traceback: str
 
 
 @dataclass(slots=True)
-class Outcome:
-    """What became of a task: outputs, or an error with the worker's traceback text."""
+class Chunk:
+    """Consecutive items of one stage's input: ``seq`` is the chunk's position in it, ``keys``
+    the items' indices (a range when consecutive). ``failures``: items of the chunk already
+    settled before it runs (e.g. an item that could not be sent to a worker process)."""
 
-    task: Task
-    outputs: list[Any] | None
-    error: BaseException | None = None
-    traceback: str = ""
+    seq: int
+    keys: Sequence[int]
+    values: list[Any]
+    nbytes: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    #: Sent to a worker process item by item (an item or a result of it could not cross
+    #: whole), so that only the item at fault fails.
+    split: bool = False
+
+
+@dataclass(slots=True)
+class Done:
+    """What became of a chunk: ``outputs`` per port (keys, values), the items completed or
+    dropped (a filter's no), and the failures, in item order."""
+
+    chunk: Chunk
+    outputs: list[tuple[Sequence[int], list[Any]]]
+    completed: int
+    dropped: int = 0
+    errors: list[Failure] = field(default_factory=list)
     busy_s: float = 0.0
+    nbytes: int = -1  # bytes of array data in the outputs (-1: not counted yet)
+
+
+def failed(chunk: Chunk, failure: Failure, ports: int, busy_s: float = 0.0) -> Done:
+    """A chunk of one item that failed as a whole (a timeout, a crash)."""
+    return Done(chunk, [([], []) for _ in range(ports)], 0, 0, [failure], busy_s)
 
 
 class StageWork(Protocol):
@@ -66,18 +91,18 @@ class StageWork(Protocol):
     @property
     def shm_budget(self) -> int: ...
 
-    def next_task(self) -> Task | None: ...
-    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None: ...
+    def next_chunk(self, block: bool = True) -> Chunk | bool | None: ...
     def on_cancel(self, callback: Callable[[], None]) -> None: ...
-    def set_window(self, items: int) -> None: ...
-    def finish(self, outcome: Outcome) -> None: ...
-    def finish_many(self, outcomes: list[Outcome]) -> None: ...
+    def set_window(self, chunks: int) -> None: ...
+    def finish(self, done: Done) -> None: ...
     def stream_inputs(self) -> Iterator[Any]: ...
+    def stream_chunks(self) -> Iterator[tuple[Sequence[int], list[Any]]]: ...
     def emit(self, value: Any) -> None: ...
+    def flush(self) -> None: ...
+    def forward(self) -> None: ...
     def stream_failed(self, error: BaseException, tb: str) -> None: ...
     def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None: ...
     def worker_exited(self) -> None: ...
-    def item_context(self, key: int) -> None: ...
 
 
 class Workers(ABC):
@@ -87,8 +112,8 @@ class Workers(ABC):
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every worker to exit; True if all did."""
 
-    def push(self, task: Task) -> None:
-        """Run ``task`` now, in the caller's thread (only backends that run inline)."""
+    def push(self, chunk: Chunk) -> None:
+        """Run ``chunk`` now, in the caller's thread (only backends that run inline)."""
         raise NotImplementedError
 
 
@@ -96,13 +121,16 @@ class Backend(ABC):
     """Starts the workers of a stage."""
 
     name: str
+    #: Seconds of work a chunk should take on this backend: enough to pay for its hand-off
+    #: (a lock and a wake-up on threads; a pipe round trip on processes).
+    chunk_s: float = 0.002
 
     @abstractmethod
     def start(self, work: StageWork) -> Workers: ...
 
     def window(self, options: StageOptions) -> tuple[int, int | None]:
-        """How many items (and bytes of array data, None: not counted) a stage may have taken
-        and not yet emitted: one in hand and one in the reorder window per worker."""
+        """How many chunks (and bytes of array data, None: not counted) a stage may have
+        taken and not yet delivered: one in hand and one in the reorder window per worker."""
         return 2 * options.workers, None
 
 
@@ -115,26 +143,6 @@ def instantiate(fn: Any) -> Any:
     if isinstance(fn, type) and any("__call__" in vars(k) for k in fn.__mro__[:-1]):
         return fn()
     return fn
-
-
-def applier(kind: str, ports: int) -> Callable[[Callable[[Any], Any], Any], list[Any]]:
-    """The per-item step of a call stage: the function's result as a list of outputs."""
-    if kind == "map":
-        return lambda fn, value: [fn(value)]
-    if kind == "filter":
-        return lambda fn, value: [value] if fn(value) else []
-    if kind == "flat_map":
-        return lambda fn, value: list(fn(value))
-    if kind == "sink":
-
-        def sink(fn: Callable[[Any], Any], value: Any) -> list[Any]:
-            fn(value)
-            return []
-
-        return sink
-    if kind == "route":
-        return lambda fn, value: [(p, value) for p in branches(fn(value), ports, value)]
-    raise ValueError(f"no per-item step for stage kind {kind!r}")
 
 
 def branches(choice: Any, ports: int, value: Any) -> list[int]:
@@ -151,23 +159,160 @@ def branches(choice: Any, ports: int, value: Any) -> list[int]:
     return chosen
 
 
-def execute(work: StageWork, fn: Any, step: Callable[..., list[Any]], task: Task) -> Outcome:
-    """Call the stage function on one task, with retries and the post-hoc timeout check."""
-    opts = work.options
-    work.item_context(task.key)
-    start = time.perf_counter()
-    for attempt in range(opts.retries + 1):
-        try:
-            outputs = step(fn, task.value)
-        except BaseException as exc:
-            if attempt < opts.retries and isinstance(exc, Exception):
-                continue
-            return Outcome(task, None, exc, format_traceback(exc), time.perf_counter() - start)
+def new_mark() -> memoryview:
+    """Where a worker writes the position (in its chunk) of the item it is calling."""
+    return memoryview(array("q", [0]))
+
+
+class Caller:
+    """Runs a call stage's function over chunks, one item at a time, in one worker.
+
+    The loops below are the hot path: one Python loop per chunk, with the item's position
+    written to ``mark`` before each call (it tells `rng` which item runs, and a process
+    worker's supervisor which item a crash killed). An exception drops out of the loop to
+    `_settle` for that item (retries, the error record), and the loop resumes after it.
+    """
+
+    def __init__(self, work: StageWork, fn: Any, mark: memoryview | None = None) -> None:
+        opts = work.options
+        self.fn = fn
+        self.kind = work.kind
+        self.ports = work.ports
+        self.name = work.name
+        self.retries = opts.retries
+        self.timeout = opts.timeout
+        self.skip = opts.on_error == "skip"
+        self.seed = work.seed
+        self.position = work.position
+        self.mark = mark if mark is not None else new_mark()
+
+    def run(self, chunk: Chunk) -> Done:
+        keys, values = chunk.keys, chunk.values
+        n = len(values)
+        mark = self.mark
+        set_chunk(self.seed, self.position, keys, mark)
+        acc = _Accumulator(self.kind, self.ports)
+        errors: list[Failure] = []
+        start = time.perf_counter()
+        i = 0
+        reached = n  # positions visited: every item, unless a failure stopped the chunk
+        while i < n:
+            try:
+                self._loop(acc, values, i, n)
+                break
+            except BaseException as exc:
+                i = mark[0]
+                failure = self._settle(acc, keys[i], values[i], exc, i)
+                if failure is not None:
+                    errors.append(failure)
+                    if not self.skip:
+                        reached = i + 1
+                        break
+                i += 1
         busy = time.perf_counter() - start
-        if opts.timeout is not None and busy > opts.timeout:
-            return Outcome(task, None, timeout_error(work.name, task.key, opts.timeout), "", busy)
-        return Outcome(task, outputs, busy_s=busy)
-    raise AssertionError("unreachable")
+        if self.timeout is not None and busy > self.timeout and n == 1 and not errors:
+            error = timeout_error(self.name, keys[0], self.timeout)
+            return failed(chunk, Failure(keys[0], error, ""), self.ports, busy)
+        outputs, dropped = acc.outputs(keys, values, reached)
+        completed = reached - len(errors) - dropped
+        return Done(chunk, outputs, completed, dropped, errors, busy)
+
+    def _loop(self, acc: _Accumulator, values: list[Any], start: int, n: int) -> None:
+        fn, mark = self.fn, self.mark
+        kind = self.kind
+        if kind == "map":
+            out = acc.values[0].append
+            for i in range(start, n):
+                mark[0] = i
+                out(fn(values[i]))
+        elif kind == "filter":
+            kept = acc.kept.append
+            for i in range(start, n):
+                mark[0] = i
+                if fn(values[i]):
+                    kept(i)
+        elif kind == "sink":
+            for i in range(start, n):
+                mark[0] = i
+                fn(values[i])
+        else:
+            for i in range(start, n):
+                mark[0] = i
+                acc.apply(i, fn(values[i]), values[i], self.ports)
+
+    def _settle(
+        self, acc: _Accumulator, key: int, value: Any, exc: BaseException, i: int
+    ) -> Failure | None:
+        """Item ``i`` raised ``exc``: call it again up to ``retries`` times; its failure, or
+        None when a retry succeeded (its outputs are then in ``acc``)."""
+        attempt = 0
+        while attempt < self.retries and isinstance(exc, Exception):
+            attempt += 1
+            try:
+                result = self.fn(value)
+            except BaseException as again:
+                exc = again
+                continue
+            if self.kind == "map":
+                acc.values[0].append(result)
+            elif self.kind == "filter":
+                if result:
+                    acc.kept.append(i)
+            elif self.kind != "sink":
+                acc.apply(i, result, value, self.ports)
+            return None
+        acc.failed.add(i)
+        return Failure(key, exc, format_traceback(exc))
+
+
+class _Accumulator:
+    """The outputs of one chunk as its loop makes them."""
+
+    __slots__ = ("dropped", "failed", "kept", "keys", "kind", "values")
+
+    def __init__(self, kind: str, ports: int) -> None:
+        self.kind = kind
+        self.dropped = 0
+        self.failed: set[int] = set()
+        self.kept: list[int] = []
+        self.keys: list[list[int]] = [[] for _ in range(ports)]
+        self.values: list[list[Any]] = [[] for _ in range(ports)]
+
+    def apply(self, i: int, result: Any, value: Any, ports: int) -> None:
+        """flat_map and route (the kinds without a loop of their own)."""
+        if self.kind == "flat_map":
+            outs = list(result)
+            self.values[0].extend(outs)
+            self.keys[0].extend([i] * len(outs))
+        else:
+            chosen = branches(result, ports, value)
+            for port in chosen:
+                self.keys[port].append(i)
+                self.values[port].append(value)
+            if not chosen:
+                self.dropped += 1
+
+    def outputs(
+        self, keys: Sequence[int], values: list[Any], reached: int
+    ) -> tuple[list[tuple[Sequence[int], list[Any]]], int]:
+        """The outputs per port and the items dropped, for the first ``reached`` items."""
+        kind = self.kind
+        if kind == "map":
+            if len(self.values[0]) == len(keys):
+                return [(keys, self.values[0])], 0
+            done = [keys[i] for i in range(reached) if i not in self.failed]
+            return [(done, self.values[0])], 0
+        if kind == "filter":
+            kept = self.kept
+            dropped = reached - len(self.failed) - len(kept)
+            return [([keys[i] for i in kept], [values[i] for i in kept])], dropped
+        if kind == "sink":
+            return [([], [])], 0
+        # flat_map, route: positions to indices
+        outs: list[tuple[Sequence[int], list[Any]]] = [
+            ([keys[i] for i in ks], vs) for ks, vs in zip(self.keys, self.values, strict=True)
+        ]
+        return outs, self.dropped
 
 
 def timeout_error(stage: str, key: int, timeout: float) -> StageTimeoutError:
@@ -177,24 +322,27 @@ def timeout_error(stage: str, key: int, timeout: float) -> StageTimeoutError:
     )
 
 
-def run_calls(work: StageWork, watch: Callable[[Task | None], bool] | None = None) -> None:
-    """A call-stage worker: take tasks until the input ends, finish each.
+def run_calls(
+    work: StageWork,
+    watch: Callable[[Chunk | None], bool] | None = None,
+    mark: memoryview | None = None,
+) -> None:
+    """A call-stage worker: take chunks until the input ends, finish each.
 
-    ``watch(task)`` is told which task the worker starts (and None when it is done with it);
-    when it returns False the worker was given up on (timed out) and exits."""
+    ``watch(chunk)`` is told which chunk the worker starts (and None when it is done with
+    it); when it returns False the worker was given up on (timed out) and exits."""
     try:
-        fn = instantiate(work.fn)
+        caller = Caller(work, instantiate(work.fn), mark)
     except BaseException as exc:
         work.setup_failed(exc, format_traceback(exc))
         return
-    step = applier(work.kind, work.ports)
-    while (task := work.next_task()) is not None:
+    while isinstance(chunk := work.next_chunk(), Chunk):
         if watch is not None:
-            watch(task)
-        outcome = execute(work, fn, step, task)
+            watch(chunk)
+        done = caller.run(chunk)
         if watch is not None and not watch(None):
             return
-        work.finish(outcome)
+        work.finish(done)
 
 
 def run_stream(work: StageWork) -> None:
@@ -207,15 +355,20 @@ def run_stream(work: StageWork) -> None:
     except BaseException as exc:
         work.setup_failed(exc, format_traceback(exc))
         return
+    if work.fn is identity_body:
+        work.forward()  # prefetch, merge: whole chunks pass through
+        return
     inputs = work.stream_inputs()
     while True:
         try:
             for value in _as_iterable(fn(inputs)):
                 work.emit(value)
+            work.flush()
             return
         except BaseException as exc:
             if isinstance(exc, Cancelled | StopStage):
                 raise
+            work.flush()
             work.stream_failed(exc, format_traceback(exc))
             if work.options.on_error != "skip":
                 return
@@ -228,22 +381,42 @@ def _as_iterable(result: Any) -> Iterable[Any]:
 
 
 # --- per-item random generators ---------------------------------------------------------------
+# A worker names its current chunk once (its keys, and the mark its loop writes the item's
+# position to); `rng` reads the item's index from them only when it is called.
 
 _item = threading.local()
+_ZERO = memoryview(bytes(8)).cast("q")  # a mark that always says position 0
+
+
+def set_chunk(seed: int, position: int, keys: Sequence[int], mark: memoryview) -> None:
+    _item.context = (seed, position, keys, mark)
 
 
 def set_item(seed: int, position: int, key: int) -> None:
-    _item.entropy = (seed, position, key)
-    _item.rng = None
+    _item.context = (seed, position, (key,), _ZERO)
+
+
+def save_context() -> Any:
+    return getattr(_item, "context", None)
+
+
+def restore_context(context: Any) -> None:
+    _item.context = context
 
 
 def item_entropy() -> tuple[int, int, int] | None:
-    return getattr(_item, "entropy", None)
+    context = getattr(_item, "context", None)
+    if context is None:
+        return None
+    seed, position, keys, mark = context
+    return seed, position, int(keys[mark[0]])
 
 
-def item_rng() -> Any:
-    return getattr(_item, "rng", None)
+def item_rng(entropy: tuple[int, int, int]) -> Any:
+    """The generator already made for this item, if any."""
+    cached = getattr(_item, "rng", None)
+    return cached[1] if cached is not None and cached[0] == entropy else None
 
 
-def cache_rng(rng: Any) -> None:
-    _item.rng = rng
+def cache_rng(entropy: tuple[int, int, int], rng: Any) -> None:
+    _item.rng = (entropy, rng)

@@ -12,7 +12,7 @@ import threading
 from .._errors import format_traceback
 from .._stages import STREAM_KINDS
 from .._transport import Cancelled, StopStage
-from ._base import Backend, StageWork, Task, Workers, applier, execute, instantiate, run_stream
+from ._base import Backend, Caller, Chunk, StageWork, Workers, instantiate, run_stream
 
 
 class InlineBackend(Backend):
@@ -25,19 +25,20 @@ class InlineBackend(Backend):
 
 
 class InlineCaller(Workers):
-    """Runs each pushed task at once in the pushing thread."""
+    """Runs each pushed chunk at once in the pushing thread."""
 
     def __init__(self, work: StageWork) -> None:
         self._work = work
-        self._step = applier(work.kind, work.ports)
-        self._fn = None
+        self._caller: Caller | None = None
         try:
-            self._fn = instantiate(work.fn)
+            self._caller = Caller(work, instantiate(work.fn))
         except BaseException as exc:
             work.setup_failed(exc, format_traceback(exc))
 
-    def push(self, task: Task) -> None:
-        self._work.finish(execute(self._work, self._fn, self._step, task))
+    def push(self, chunk: Chunk) -> None:
+        if self._caller is None:
+            raise Cancelled  # its setup failed: the run is failing
+        self._work.finish(self._caller.run(chunk))
 
     def join(self, timeout: float) -> bool:
         return True

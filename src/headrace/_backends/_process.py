@@ -39,7 +39,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -63,9 +63,10 @@ from .._stages import STREAM_KINDS, StageOptions
 from .._transport import Cancelled, StopStage
 from ._base import (
     Backend,
-    Outcome,
+    Chunk,
+    Done,
+    Failure,
     StageWork,
-    Task,
     Workers,
     run_calls,
     run_stream,
@@ -76,19 +77,21 @@ from ._base import (
 #: Seconds of work a batch of small items should take: long enough to pay for a pipe round
 #: trip, short enough that a slow stream still delivers promptly.
 BATCH_S = 0.005
-#: Largest number of items in one batch.
+#: Outputs a stream-stage worker gathers into one message at most.
 MAX_BATCH = 256
 #: Batches a worker may hold: one running, one queued behind it so it never waits for the
 #: parent. Items whose results are large (>= BIG_RESULT bytes) go one at a time: a round trip
 #: is cheap next to making them, and each one held costs memory.
 DEPTH = 2
 BIG_RESULT = 2**20
-#: Bytes of result data (in band or in shared memory) a batch should stay under.
-BATCH_BYTES = 8 * 2**20
 #: Array bytes a process stage may hold in flight, beyond one item per worker.
 WINDOW_BYTES = 16 * 2**20
-#: A message larger than this is sent only to an idle worker: a pipe holds 64 KiB, and a
-#: worker blocked writing its results must never wait on a parent blocked writing tasks.
+#: Bytes each pipe to and from a worker is asked to hold (Linux: F_SETPIPE_SZ, within
+#: /proc/sys/fs/pipe-max-size, 1 MiB by default), so that a chunk of small items fits.
+PIPE_BYTES = 2**20
+#: A message larger than this is sent only to an idle worker: a pipe holds 64 KiB unless it
+#: grows, and a worker blocked writing its results must never wait on a parent blocked
+#: writing tasks. Raised to half the pipe's size when the pipes grow.
 PIPE_SAFE = 32 * 1024
 #: A crash loop: this many worker deaths within CRASH_WINDOW_S seconds.
 CRASH_LOOP = 5
@@ -145,10 +148,12 @@ class ProcessBackend(Backend):
     def start(self, work: StageWork) -> Workers:
         return ProcessWorkers(work)
 
+    chunk_s = BATCH_S
+
     def window(self, options: StageOptions) -> tuple[int, int | None]:
         if options.timeout is not None:
             return 2 * options.workers, WINDOW_BYTES
-        return DEPTH * MAX_BATCH * options.workers, WINDOW_BYTES
+        return (DEPTH + 1) * options.workers, WINDOW_BYTES
 
 
 # --- what a worker is sent ---------------------------------------------------------------------
@@ -218,7 +223,7 @@ def worker_main(
             child.flush()
             child.send(("finished",))
         else:
-            run_calls(child)
+            run_calls(child, mark=child.mark)
     except (EOFError, OSError):
         pass  # the parent closed the pipes: the run is over
 
@@ -258,7 +263,7 @@ def _seed_globals(seed: int, position: int, slot: int, incarnation: int) -> None
 
 
 class ChildWork:
-    """The stage as a worker process sees it (`StageWork`): tasks come from the pipe."""
+    """The stage as a worker process sees it (`StageWork`): chunks come from the pipe."""
 
     def __init__(self, spec: Spec, slot: int, tasks: Connection, results: Connection) -> None:
         self.name = spec.name
@@ -278,7 +283,9 @@ class ChildWork:
         self.pool = SlotPool(spec.token, spec.budget)
         self.mapper = Mapper()
         self._progress = attach(spec.progress)
-        self._batch: deque[tuple[int, int, bytes, list[Any]]] = deque()
+        # Where the worker's loop writes the position of the item it calls (see `Caller`).
+        self.mark = memoryview(self._progress)[16 * slot + 8 : 16 * slot + 16].cast("q")
+        self._queue: deque[Chunk] = deque()
         self._done: list[tuple[Any, ...]] = []
         self._outputs: list[tuple[bytes, list[Any]]] = []
         self._first_output = 0.0
@@ -297,16 +304,16 @@ class ChildWork:
         return message
 
     def _mark(self, seq: int) -> None:
-        struct.pack_into("<q", self._progress, 8 * self.slot, seq)
+        struct.pack_into("<q", self._progress, 16 * self.slot, seq)
 
     # call stages
 
-    def next_task(self) -> Task | None:
+    def next_chunk(self, block: bool = True) -> Chunk | None:
         if not self._ready:
             self._ready = True
             self.send(("ready",))  # set up: a timed item's clock may start
         while True:
-            if not self._batch:
+            if not self._queue:
                 self._mark(_IDLE)
                 if self._done:
                     self.send(("done", self._done))
@@ -314,43 +321,76 @@ class ChildWork:
                 message = self._recv()
                 if message[0] != "calls":
                     return None
-                self._batch.extend(message[1])
-            seq, key, data, places = self._batch.popleft()
-            self._mark(seq)
+                for seq, keys, split, data, places in message[1]:
+                    chunk = self._unpack(seq, keys, split, data, places)
+                    if chunk is not None:
+                        self._queue.append(chunk)
+                continue
+            chunk = self._queue.popleft()
+            self._mark(chunk.seq)
+            return chunk
+
+    def _unpack(
+        self, seq: int, keys: Sequence[int], split: bool, data: Any, places: list[Any]
+    ) -> Chunk | None:
+        """The chunk a message entry carries; None when it could not be unpickled whole (the
+        parent then sends it again item by item, to find the item)."""
+        if not split:
             try:
-                value = decode(data, places, self.mapper)
+                values = decode(data, places, self.mapper)
+            except BaseException:
+                self._done.append((seq, "again"))
+                return None
+            return Chunk(seq, keys, values, split=False)
+        good_keys, good_values, failures = [], [], []
+        for key, part in zip(keys, data, strict=True):
+            try:
+                good_values.append(decode(part[0], part[1], self.mapper))
+                good_keys.append(key)
             except BaseException as exc:
                 error = _TransitError(f"item {key} could not be unpickled in the worker", exc)
-                self._done.append(_error_entry(seq, error, format_traceback(exc), 0.0))
-                continue
-            return Task(seq, key, value)
+                failures.append(Failure(key, error, format_traceback(exc)))
+        return Chunk(seq, good_keys, good_values, failures=failures, split=True)
 
-    def next_tasks(self, limit: int, block: bool = True) -> list[Task] | None:
-        task = self.next_task()
-        return None if task is None else [task]
-
-    def finish(self, outcome: Outcome) -> None:
-        seq = outcome.task.seq
-        if outcome.error is not None:
-            entry = _error_entry(seq, outcome.error, outcome.traceback, outcome.busy_s)
-        else:
+    def finish(self, done: Done) -> None:
+        chunk = done.chunk
+        errors = [_failure_entry(f) for f in chunk.failures + done.errors]
+        outputs: list[tuple[Any, ...]] = []
+        if not chunk.split:
             try:
-                data, places = encode(outcome.outputs, self.pool, self.parent, cloudpickle.dumps)
-                entry = (seq, True, data, places, "", outcome.busy_s)
-            except BaseException as exc:
-                error = _TransitError(
-                    f"the result of item {outcome.task.key} could not be pickled", exc
-                )
-                entry = _error_entry(seq, error, format_traceback(exc), outcome.busy_s)
-        self._done.append(entry)
+                for keys, values in done.outputs:
+                    data, places = encode(values, self.pool, self.parent, cloudpickle.dumps)
+                    outputs.append((keys, False, data, places))
+            except BaseException:
+                outputs = []
+                chunk.split = True
+        completed = done.completed
+        if chunk.split:  # one by one: an output that cannot be pickled fails its item only
+            outputs, bad = [], set()
+            for keys, values in done.outputs:
+                parts: list[Any] = []
+                for key, value in zip(keys, values, strict=True):
+                    try:
+                        parts.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+                    except BaseException as exc:
+                        parts.append(None)
+                        if key not in bad:
+                            bad.add(key)
+                            error = _TransitError(
+                                f"the result of item {key} could not be pickled", exc
+                            )
+                            errors.append(
+                                _failure_entry(Failure(key, error, format_traceback(exc)))
+                            )
+                outputs.append((keys, True, parts, []))
+            completed -= len(bad)
+        self._done.append(
+            (chunk.seq, "done", outputs, completed, done.dropped, errors, done.busy_s)
+        )
         # The outputs are copied out: let go of them (and the input) now, not when the loop
-        # takes the next task, which may wait for the parent; an 8 MiB result is 8 MiB held.
-        outcome.outputs = None
-        outcome.task.value = None
-
-    def finish_many(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            self.finish(outcome)
+        # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
+        done.outputs = []
+        chunk.values = []
 
     # stream stages
 
@@ -361,10 +401,11 @@ class ChildWork:
             message = self._recv()
             if message[0] != "items":
                 return
-            for key, data, places in message[1]:
+            keys, data, places = message[1]
+            for key, value in zip(keys, decode(data, places, self.mapper), strict=True):
                 self._key = key
-                self.item_context(key)
-                yield decode(data, places, self.mapper)
+                set_item(self.seed, self.position, key)
+                yield value
 
     def emit(self, value: Any) -> None:
         if not self._outputs:
@@ -378,6 +419,12 @@ class ChildWork:
             outputs, self._outputs = self._outputs, []
             self.send(("out", outputs))
 
+    def forward(self) -> None:
+        raise AssertionError("pass-through stages run in the parent")
+
+    def stream_chunks(self) -> Iterator[tuple[Sequence[int], list[Any]]]:
+        raise AssertionError("a worker process reads its items from the pipe")
+
     def stream_failed(self, error: BaseException, tb: str) -> None:
         self.flush()
         data, _ = _dump_error(error)
@@ -390,13 +437,10 @@ class ChildWork:
     def worker_exited(self) -> None:
         pass
 
-    def item_context(self, key: int) -> None:
-        set_item(self.seed, self.position, key)
-
     def on_cancel(self, callback: Any) -> None:
         pass
 
-    def set_window(self, items: int) -> None:
+    def set_window(self, chunks: int) -> None:
         pass
 
 
@@ -419,9 +463,9 @@ def _dump_error(error: BaseException) -> tuple[bytes, bool]:
         return pickle.dumps(RemoteError(name, shorten(str(error)))), False
 
 
-def _error_entry(seq: int, error: BaseException, tb: str, busy: float) -> tuple[Any, ...]:
-    data, _ = _dump_error(error)
-    return (seq, False, data, [], tb, busy)
+def _failure_entry(failure: Failure) -> tuple[int, bytes, str]:
+    data, _ = _dump_error(failure.error)
+    return (failure.key, data, failure.traceback)
 
 
 class PipeLogHandler(logging.Handler):
@@ -445,6 +489,17 @@ class PipeLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _grow_pipe(conn: Connection) -> int:
+    """Ask for a pipe of `PIPE_BYTES`; the bytes it holds now."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        return int(fcntl.fcntl(conn.fileno(), fcntl.F_GETPIPE_SZ))
+    except (ImportError, AttributeError, OSError):
+        return 2 * PIPE_SAFE
+
+
 def _picklable(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool | tuple)
 
@@ -460,6 +515,8 @@ class Proc:
         self.tasks_r, self.tasks = ctx.Pipe(duplex=False)
         self.results, self.results_w = ctx.Pipe(duplex=False)
         alive_r, self.alive = ctx.Pipe(duplex=False)
+        held = min(_grow_pipe(self.tasks), _grow_pipe(self.results))
+        owner.pipe_safe = max(PIPE_SAFE, held // 2)
         deathsig = owner.method == "forkserver" or (
             threading.current_thread() is threading.main_thread()
         )
@@ -533,10 +590,10 @@ class ProcessWorkers(Workers):
         self._procs: dict[int, Proc] = {}
         self._feeders: list[threading.Thread] = []
         self._incarnations = [0] * work.options.workers
-        self._crash_times: deque[float] = deque()
-        self._crashes: dict[int, int] = {}  # seq -> times it crashed a worker
-        self._avg_s: float | None = None
-        self._avg_bytes = 0.0
+        self._crash_times: deque[tuple[float, int]] = deque()  # when, which item
+        self._crashes: dict[int, int] = {}  # item index -> times it crashed (or ran late)
+        self._avg_bytes: float | None = None
+        self.pipe_safe = PIPE_SAFE
         self._big = False
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
@@ -626,41 +683,41 @@ class ProcessWorkers(Workers):
     def _run_calls(self, slot: int, proc: Proc) -> None:
         work = self.work
         timed = work.options.timeout is not None
-        held: dict[int, Task] = {}  # seq -> task the worker holds, in the order sent
-        sent: deque[tuple[list[int], float]] = deque()  # batches sent: seqs, time sent
-        again: deque[Task] = deque()  # tasks of a dead worker, to send again
-        held_back: list[Task] | None = None  # a large batch waiting for an idle worker
+        held: dict[int, Chunk] = {}  # seq -> chunk the worker holds, in the order sent
+        sent: deque[tuple[list[int], float]] = deque()  # messages sent: seqs, time sent
+        again: deque[Chunk] = deque()  # chunks to send (again): a dead worker's, split ones
+        held_back: Chunk | None = None  # a large chunk waiting for an idle worker
         ended = False
         while True:
             if self.cancelled():
                 return
-            depth = 1 if timed or self._avg_bytes >= BIG_RESULT else DEPTH
+            depth = 1 if timed or self._big else DEPTH
             while len(sent) < depth and (proc.ready or not timed):
                 if held_back is not None:
                     if sent:
                         break
-                    batch, held_back = held_back, None
+                    chunk, held_back = held_back, None
                 elif again:
-                    batch = [again.popleft() for _ in range(min(len(again), self._limit(timed)))]
+                    chunk = again.popleft()
                 elif not ended:
-                    taken = work.next_tasks(self._limit(timed), block=not sent)
+                    taken = work.next_chunk(block=not sent)
                     if taken is None:
                         ended = True
                         break
-                    if not taken:
+                    if taken is False:
                         break
-                    batch = taken
+                    assert isinstance(taken, Chunk)
+                    chunk = taken
                 else:
                     break
-                message = self._calls_message(batch, proc.pid)
+                message = self._calls_message(chunk, proc.pid)
                 if message is None:
                     continue
-                if len(message) > PIPE_SAFE and sent:
-                    held_back = batch
+                if len(message) > self.pipe_safe and sent:
+                    held_back = chunk
                     break
-                for task in batch:
-                    held[task.seq] = task
-                sent.append(([t.seq for t in batch], time.monotonic()))
+                held[chunk.seq] = chunk
+                sent.append(([chunk.seq], time.monotonic()))
                 with contextlib.suppress(OSError):  # a dead worker shows in its sentinel
                     proc.tasks.send_bytes(message)
             if not sent and (proc.ready or not timed):
@@ -682,7 +739,7 @@ class ProcessWorkers(Workers):
                 except (EOFError, OSError):
                     message = None
                 if message is not None:
-                    self._handle(proc, message, held, sent)
+                    self._handle(proc, message, held, sent, again)
                     continue
             if proc.sentinel in ready or (not ready and timed and sent):
                 late = not ready
@@ -691,36 +748,43 @@ class ProcessWorkers(Workers):
             if self._wake_r in ready and self.cancelled():
                 return
 
-    def _limit(self, timed: bool) -> int:
-        """Items in the next batch: about BATCH_S of work and BATCH_BYTES of results."""
-        if timed or self._avg_s is None:
-            return 1
-        by_time = int(BATCH_S / max(self._avg_s, 1e-7))
-        by_bytes = int(BATCH_BYTES / max(self._avg_bytes, 1.0))
-        return max(1, min(MAX_BATCH, by_time, by_bytes))
-
-    def _calls_message(self, batch: list[Task], pid: int) -> bytes | None:
-        """The pipe message for ``batch``; an item that cannot be pickled is finished as an
-        error at once (and left out)."""
-        entries = []
-        for task in batch:
-            try:
-                data, places = encode(task.value, self.pool, pid, cloudpickle.dumps)
-            except Exception as exc:
-                error = _TransitError(f"item {task.key} could not be pickled", exc)
-                self.work.finish(Outcome(task, None, error, format_traceback(exc)))
-                continue
-            entries.append((task.seq, task.key, data, places))
-        if not entries:
+    def _calls_message(self, chunk: Chunk, pid: int) -> bytes | None:
+        """The pipe message for ``chunk``: its values in one pickle, or (a split chunk) one
+        pickle per item. Items that cannot be pickled are settled as failures at once, and the
+        chunk is sent without them (or finished, if none is left)."""
+        if not chunk.values:
+            self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
             return None
-        return pickle.dumps(("calls", entries), protocol=5)
+        if not chunk.split:
+            try:
+                data, places = encode(chunk.values, self.pool, pid, cloudpickle.dumps)
+            except Exception:
+                chunk.split = True
+            else:
+                return pickle.dumps(("calls", [(chunk.seq, chunk.keys, False, data, places)]), 5)
+        parts, keys, values = [], [], []
+        for key, value in zip(chunk.keys, chunk.values, strict=True):
+            try:
+                parts.append(encode(value, self.pool, pid, cloudpickle.dumps))
+            except Exception as exc:
+                error = _TransitError(f"item {key} could not be pickled", exc)
+                chunk.failures.append(Failure(key, error, format_traceback(exc)))
+                continue
+            keys.append(key)
+            values.append(value)
+        chunk.keys, chunk.values = keys, values
+        if not values:
+            self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
+            return None
+        return pickle.dumps(("calls", [(chunk.seq, keys, True, parts, [])]), protocol=5)
 
     def _handle(
         self,
         proc: Proc,
         message: tuple[Any, ...],
-        held: dict[int, Task],
+        held: dict[int, Chunk],
         sent: deque[tuple[list[int], float]],
+        again: deque[Chunk],
     ) -> None:
         kind = message[0]
         if kind == "ready":
@@ -732,105 +796,130 @@ class ProcessWorkers(Workers):
             raise Cancelled
         elif kind == "done":
             sent.popleft()
-            total_s = 0.0
-            total_bytes = 0
-            outcomes = []
-            for seq, ok, data, places, tb, busy in message[1]:
-                task = held.pop(seq)
-                total_s += busy
-                total_bytes += len(data) + sum(p[2] for p in places)
-                outcomes.append(self._outcome(task, ok, data, places, tb, busy))
-            self._learn(len(outcomes), total_s, total_bytes)
-            self.work.finish_many(outcomes)
+            for entry in message[1]:
+                chunk = held.pop(entry[0])
+                if entry[1] == "again":  # the worker could not unpickle it whole
+                    chunk.split = True
+                    again.append(chunk)
+                    continue
+                got = self._done(chunk, entry)
+                if got is None:  # its results could not be unpickled whole
+                    chunk.split = True
+                    again.append(chunk)
+                    continue
+                self._learn(got[0], got[1])
+                self.work.finish(got[0])
 
-    def _outcome(
-        self, task: Task, ok: bool, data: bytes, places: list[Any], tb: str, busy: float
-    ) -> Outcome:
-        if not ok:
-            return Outcome(task, None, _load_error(data), tb, busy)
-        try:
-            outputs = decode(data, places, self.mapper)
-        except Exception as exc:
-            error = _TransitError(f"the result of item {task.key} could not be unpickled", exc)
-            return Outcome(task, None, error, format_traceback(exc), busy)
-        return Outcome(task, outputs, busy_s=busy)
+    def _done(self, chunk: Chunk, entry: tuple[Any, ...]) -> tuple[Done, int] | None:
+        """The `Done` a worker's entry describes, and the bytes its results took; None when a
+        whole-chunk result cannot be unpickled (the chunk then runs again item by item, to
+        find the item: its items run twice)."""
+        _, _, outputs, completed, dropped, errors, busy = entry
+        failures = [Failure(key, _load_error(data), tb) for key, data, tb in errors]
+        ports: list[tuple[Sequence[int], list[Any]]] = []
+        size = 0
+        for keys, split, data, places in outputs:
+            if not split:
+                try:
+                    ports.append((keys, decode(data, places, self.mapper)))
+                except Exception:
+                    return None
+                size += len(data) + sum(p[2] for p in places)
+                continue
+            good_keys, good_values = [], []
+            for key, part in zip(keys, data, strict=True):
+                if part is None:
+                    continue  # its failure is in ``errors``
+                try:
+                    good_values.append(decode(part[0], part[1], self.mapper))
+                    good_keys.append(key)
+                except Exception as exc:
+                    error = _TransitError(f"the result of item {key} could not be unpickled", exc)
+                    if key not in {f.key for f in failures}:
+                        failures.append(Failure(key, error, format_traceback(exc)))
+                        completed -= 1
+            ports.append((good_keys, good_values))
+        return Done(chunk, ports, completed, dropped, failures, busy), size
 
-    def _learn(self, items: int, seconds: float, size: int) -> None:
-        if items == 0:
-            return
-        per_item, per_bytes = seconds / items, size / items
-        if self._avg_s is None:
-            self._avg_s, self._avg_bytes = per_item, per_bytes
+    def _learn(self, done: Done, size: int) -> None:
+        """Large results: the stage holds one chunk (of one item) per worker and one more
+        (waiting in the reorder window for a slower earlier item); each one held is memory."""
+        per_item = size / max(1, len(done.chunk.values))
+        if self._avg_bytes is None:
+            self._avg_bytes = per_item
         else:
-            self._avg_s = 0.7 * self._avg_s + 0.3 * per_item
-            self._avg_bytes = 0.7 * self._avg_bytes + 0.3 * per_bytes
-        # Large results: the stage holds one per worker and one more (waiting in the reorder
-        # window for a slower earlier item); each one held is a slot of memory.
+            self._avg_bytes = 0.7 * self._avg_bytes + 0.3 * per_item
         big = self._avg_bytes >= BIG_RESULT
         if big != self._big:
             self._big = big
             workers = self.work.options.workers
-            self.work.set_window(workers + 1 if big else DEPTH * MAX_BATCH * workers)
+            self.work.set_window(workers + 1 if big else (DEPTH + 1) * workers)
 
     def _replace(
         self,
         slot: int,
         proc: Proc,
-        held: dict[int, Task],
+        held: dict[int, Chunk],
         sent: deque[tuple[list[int], float]],
-        again: deque[Task],
+        again: deque[Chunk],
         late: bool,
     ) -> Proc:
-        """The worker died (or ran late): settle its items and start a fresh one."""
-        running = struct.unpack_from("<q", self._progress, 8 * slot)[0]
+        """The worker died (or ran late): settle the item it ran and start a fresh worker.
+        The chunks it held go again, in order (also their items that ran before the crash:
+        their results had not been sent)."""
+        seq, index = struct.unpack_from("<qq", self._progress, 16 * slot)
         if late:
             proc.kill()
         proc.process.join(1.0)
         self._retire(proc, 0.0)
-        culprit = held.pop(running, None) if running != _IDLE else None
-        if late and culprit is None and held:
-            culprit = held.pop(next(iter(held)))
-        again.extend(held.values())  # in order: they were queued behind the culprit
+        if late and seq == _IDLE and held:
+            seq, index = next(iter(held)), 0
+        chunks = list(held.values())  # in the order sent
         held.clear()
         sent.clear()
         if self.cancelled():
             raise Cancelled
-        if late:
-            assert culprit is not None and self.work.options.timeout is not None
-            error = timeout_error(self.work.name, culprit.key, self.work.options.timeout)
-            self.work.finish(Outcome(culprit, None, error, "", self.work.options.timeout))
-        else:
-            self._settle(proc, culprit, again)
+        culprit = next((c for c in chunks if c.seq == seq), None)
+        if culprit is not None and not 0 <= index < len(culprit.values):
+            culprit = None
+        if culprit is not None:
+            self._settle(proc, culprit, index, late)
+        again.extendleft(reversed(chunks))
         return self._start(slot)
 
-    def _settle(self, proc: Proc, task: Task | None, again: deque[Task]) -> None:
-        """Report a crash: the item it held fails (or is retried); a crash loop ends the run."""
+    def _settle(self, proc: Proc, chunk: Chunk, index: int, late: bool) -> None:
+        """Item ``index`` of ``chunk`` crashed its worker (or ran late): it goes again if its
+        retries allow, else it fails (and the rest of the chunk goes again without it). Many
+        different items crashing within `CRASH_WINDOW_S` is a crash loop: the run ends."""
         work = self.work
+        key = chunk.keys[index]
         now = time.monotonic()
-        self._crash_times.append(now)
-        while self._crash_times and self._crash_times[0] < now - CRASH_WINDOW_S:
+        self._crash_times.append((now, key))
+        while self._crash_times and self._crash_times[0][0] < now - CRASH_WINDOW_S:
             self._crash_times.popleft()
-        held = f"while running item {task.key}" if task is not None else "between items"
-        what = f"stage {work.name!r}: worker process {proc.pid} {proc.describe_exit()} {held}"
-        key = None if task is None else task.key
-        crashes = 0
-        if task is not None:
-            crashes = self._crashes[task.seq] = self._crashes.get(task.seq, 0) + 1
-        loop = None
-        if crashes >= 2:
-            loop = f"{what}, the second time this item crashed a worker"
-        elif len(self._crash_times) >= CRASH_LOOP:
-            loop = f"{what}: {len(self._crash_times)} workers died within {CRASH_WINDOW_S:g} s"
-        if loop is not None:
-            error = _crash(f"{loop}; stopping (crash loop)", work.name, proc, key)
-            work.setup_failed(error, "", key)
-            raise Cancelled
-        if task is None:
-            return
-        if crashes <= work.options.retries:
-            again.appendleft(task)
-            return
-        work.finish(Outcome(task, None, _crash(what, work.name, proc, key), ""))
+        if late:
+            assert work.options.timeout is not None
+            error: BaseException = timeout_error(work.name, key, work.options.timeout)
+        else:
+            what = (
+                f"stage {work.name!r}: worker process {proc.pid} {proc.describe_exit()} "
+                f"while running item {key}"
+            )
+            error = _crash(what, work.name, proc, key)
+            distinct = {k for _, k in self._crash_times}
+            if len(distinct) >= CRASH_LOOP:
+                loop = (
+                    f"{what}: workers died on {len(distinct)} different items within "
+                    f"{CRASH_WINDOW_S:g} s; stopping (crash loop)"
+                )
+                work.setup_failed(_crash(loop, work.name, proc, key), "", key)
+                raise Cancelled
+        tries = self._crashes[key] = self._crashes.get(key, 0) + 1
+        if tries <= work.options.retries:
+            return  # the whole chunk goes again
+        chunk.failures.append(Failure(key, error, ""))
+        chunk.keys = [k for i, k in enumerate(chunk.keys) if i != index]
+        chunk.values = [v for i, v in enumerate(chunk.values) if i != index]
 
     def _log(self, proc: Proc, fields: dict[str, Any]) -> None:
         record = logging.makeLogRecord(fields)
@@ -877,9 +966,9 @@ class ProcessWorkers(Workers):
 
     def _feed(self, proc: Proc) -> None:
         try:
-            for key, value in enumerate(self.work.stream_inputs()):
-                data, places = encode(value, self.pool, proc.pid, cloudpickle.dumps)
-                proc.send(("items", [(key, data, places)]))
+            for keys, values in self.work.stream_chunks():
+                data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
+                proc.send(("items", (keys, data, places)))
             proc.send(("end",))
         except (Cancelled, StopStage, OSError, EOFError):
             pass
@@ -893,6 +982,7 @@ class ProcessWorkers(Workers):
         elif kind == "out":
             for data, places in message[1]:
                 self.work.emit(decode(data, places, self.mapper))
+            self.work.flush()
         elif kind == "failed":
             self.work.stream_failed(_load_error(message[1]), message[2])
         elif kind == "setup":
@@ -969,10 +1059,11 @@ def _cancelled(work: StageWork) -> bool:
 
 
 def _create_progress(name: str, workers: int) -> mmap.mmap:
-    """The shared board where each worker writes the seq of the item it runs."""
-    board = create(name, max(HEADER, 8 * workers))
+    """The shared board where each worker writes the seq of the chunk it runs, and the
+    position in it of the item it calls."""
+    board = create(name, max(HEADER, 16 * workers))
     for slot in range(workers):
-        struct.pack_into("<q", board, 8 * slot, _IDLE)
+        struct.pack_into("<qq", board, 16 * slot, _IDLE, 0)
     return board
 
 

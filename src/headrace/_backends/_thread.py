@@ -14,7 +14,17 @@ import time
 
 from .._stages import STREAM_KINDS
 from .._transport import Cancelled, StopStage
-from ._base import Backend, Outcome, StageWork, Task, Workers, run_calls, run_stream, timeout_error
+from ._base import (
+    Backend,
+    Chunk,
+    Failure,
+    StageWork,
+    Workers,
+    failed,
+    run_calls,
+    run_stream,
+    timeout_error,
+)
 
 
 class ThreadBackend(Backend):
@@ -30,7 +40,7 @@ class ThreadWorkers(Workers):
         self._ids = itertools.count()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._holding: dict[int, tuple[Task, float]] = {}  # worker id -> task, deadline
+        self._holding: dict[int, tuple[Chunk, float]] = {}  # worker id -> chunk, deadline
         self._stop = threading.Event()
         self._wake = threading.Event()  # a worker took a task while the watchdog slept idle
         self._watchdog: threading.Thread | None = None
@@ -57,7 +67,7 @@ class ThreadWorkers(Workers):
             if self._work.kind in STREAM_KINDS:
                 run_stream(self._work)
             elif self._timed:
-                run_calls(self._work, lambda task: self._hold(wid, task))
+                run_calls(self._work, lambda chunk: self._hold(wid, chunk))
             else:
                 run_calls(self._work)
         except (Cancelled, StopStage):
@@ -65,14 +75,15 @@ class ThreadWorkers(Workers):
         finally:
             self._work.worker_exited()
 
-    def _hold(self, wid: int, task: Task | None) -> bool:
-        """Note the task a worker starts; on finishing, False if the watchdog gave up on it."""
+    def _hold(self, wid: int, chunk: Chunk | None) -> bool:
+        """Note the chunk (of one item: the stage is timed) a worker starts; on finishing,
+        False if the watchdog gave up on it."""
         with self._lock:
-            if task is not None:
+            if chunk is not None:
                 assert self._work.options.timeout is not None
                 if not self._holding:
                     self._wake.set()
-                self._holding[wid] = (task, time.monotonic() + self._work.options.timeout)
+                self._holding[wid] = (chunk, time.monotonic() + self._work.options.timeout)
                 return True
             return self._holding.pop(wid, None) is not None
 
@@ -81,7 +92,7 @@ class ThreadWorkers(Workers):
         assert timeout is not None
         while not self._stop.is_set():
             now = time.monotonic()
-            late: list[Task] = []
+            late: list[Chunk] = []
             with self._lock:
                 for wid, (task, deadline) in list(self._holding.items()):
                     if deadline <= now:
@@ -89,11 +100,12 @@ class ThreadWorkers(Workers):
                         late.append(task)
                 idle = not self._holding
                 wait = min((d for _, d in self._holding.values()), default=now + timeout) - now
-            for task in late:
+            for chunk in late:
                 self._spawn()  # the late worker exits when its call returns
-                error = timeout_error(self._work.name, task.key, timeout)
+                key = chunk.keys[0]
+                error = timeout_error(self._work.name, key, timeout)
                 try:
-                    self._work.finish(Outcome(task, None, error, "", timeout))
+                    self._work.finish(failed(chunk, Failure(key, error, ""), self._work.ports))
                 except (Cancelled, StopStage):
                     return  # the timeout failed the run, or nobody reads the stage
             if idle:
