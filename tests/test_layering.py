@@ -28,9 +28,11 @@ RANKS: dict[str, int] = {
     "_stages": 2,
     "_transport": 3,
     "_shm": 3,
+    "_flow": 3,  # the runner's parts: window, reorder buffer, chunk sizes, source reader
     "_backends": 4,  # and every _backends.* module
     "_runner": 5,
     "_streams": 6,
+    "_run": 6,
     "_files": 6,
     "_arrays": 6,
     "_monitor": 6,

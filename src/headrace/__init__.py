@@ -23,9 +23,10 @@ from ._errors import (
 )
 from ._monitor import Report
 from ._mux import ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
+from ._run import Run
 from ._samplers import sample_npy, sample_npz
 from ._streamer import Streamer
-from ._streams import Run, Stream, from_iterable, merge, rng, run, to_dot, zip
+from ._streams import Stream, from_iterable, merge, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
 from ._wire import FrameError
 from ._zmq import ZMQStreamer

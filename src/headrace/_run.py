@@ -1,0 +1,203 @@
+"""Runs: one execution of a graph, iterated by the consumer, and the run options.
+
+Owns: `Run` (start, iterate chunk by chunk, report, close), `parse_bytes` and the checks of the
+run options. Builds on the runner and the monitor; `_streams` builds on it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from . import _graph
+from ._backends._process import START_METHODS
+from ._errors import HeadraceError
+from ._graph import Node, Plan, compile_plan
+from ._monitor import Progress, Report
+from ._runner import CLOSE_TIMEOUT, ERROR_GRACE, Execution
+from ._transport import END
+
+
+def _dot(plan: Plan, report: Report | None) -> str:
+    """DOT text of ``plan``, annotated with the figures and bottleneck of ``report``."""
+    if report is None:
+        return _graph.to_dot(plan)
+    figures = {s.name: s.to_dict() for s in report.stages}
+    return _graph.to_dot(plan, figures, report.bottleneck)
+
+
+class Run:
+    """One run of one or more streams: an iterator over the first stream's items.
+
+    Closing (the end of the items, ``close()``, leaving a ``with`` block) stops every worker.
+    """
+
+    def __init__(
+        self,
+        terminals: Sequence[tuple[Node, int]],
+        *,
+        progress: bool = False,
+        seed: int | None = None,
+        engine: Any = None,
+        memory: int | str | None = None,
+        start_method: str | None = None,
+    ) -> None:
+        _check_run_options(seed, engine, memory, start_method)
+        self.plan = compile_plan(terminals)
+        sources = {node: _source(node) for node in self.plan.nodes if node.kind == "source"}
+        self._execution = Execution(
+            self.plan,
+            terminals,
+            sources=sources,
+            seed=seed,
+            start_method=start_method,
+            memory=None if memory is None else parse_bytes(memory),
+        )
+        self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
+        self._progress: Progress | None = None
+        if progress:
+            self._progress = Progress(self._execution.snapshot, file=sys.stderr)
+        try:
+            self._execution.start()
+        except BaseException:
+            self._execution.close()  # the stages started so far
+            raise
+        if self._progress is not None:
+            self._progress.start()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items(0)
+
+    def __next__(self) -> Any:
+        return self.next_of(0)
+
+    def _items(self, outlet: int) -> Iterator[Any]:
+        """The items of one outlet: a generator over its chunks (the fast way to iterate)."""
+        while True:
+            yield from self._cursors[outlet]
+            if not self._advance(outlet):
+                return
+
+    def _advance(self, outlet: int) -> bool:
+        """Fetch the outlet's next chunk into its cursor; False at the end."""
+        try:
+            values = self._execution.get(outlet)
+        except BaseException:
+            self.close(ERROR_GRACE)  # the error must not wait for a worker busy in user code
+            raise
+        if values is END:
+            if outlet == len(self._execution.outlets) - 1:
+                self.close()
+            return False
+        self._cursors[outlet] = iter(values)
+        return True
+
+    def next_of(self, outlet: int) -> Any:
+        while True:
+            for item in self._cursors[outlet]:
+                return item
+            if not self._advance(outlet):
+                raise StopIteration
+
+    def chunks(self, outlet: int = 0) -> Iterator[list[Any]]:
+        """The items of one outlet, a list per chunk as they arrive."""
+        rest = list(self._cursors[outlet])
+        if rest:
+            yield rest
+        while True:
+            try:
+                values = self._execution.get(outlet)
+            except BaseException:
+                self.close(ERROR_GRACE)
+                raise
+            if values is END:
+                if outlet == len(self._execution.outlets) - 1:
+                    self.close()
+                return
+            yield values
+
+    def drain(self) -> None:
+        for outlet in range(len(self._execution.outlets)):
+            for _ in self.chunks(outlet):
+                pass
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop every stage and wait (up to ``timeout`` s) for its workers."""
+        self._execution.close(timeout)
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        execution = getattr(self, "_execution", None)
+        if execution is not None and not execution.closed:
+            execution.state.cancel()  # no joins here: GC may run in any thread
+
+    def report(self) -> Report:
+        """The figures of this run so far (final once the run has ended)."""
+        wall, stages = self._execution.snapshot()
+        plan = self.plan
+        return Report(
+            wall,
+            stages,
+            list(self._execution.errors),
+            dot=lambda report: _dot(plan, report),
+        )
+
+
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: int | str) -> int:
+    """A byte count from an int or a string such as ``"512MB"`` or ``"2GiB"``.
+
+    Examples
+    --------
+    >>> parse_bytes("2GB"), parse_bytes("1.5KiB"), parse_bytes(10)
+    (2000000000, 1536, 10)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _BYTES.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"memory must be a positive byte count such as '2GB', got {value!r}")
+    base = 1024 if (match.group(3) or "").upper() == "IB" else 1000
+    return int(float(match.group(1)) * base ** "_KMGT".index(match.group(2).upper() or "_"))
+
+
+def _check_run_options(seed: Any, engine: Any, memory: Any, start_method: Any = None) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if engine is not None:
+        raise ValueError(
+            f"engine={engine!r}: only the local engine (engine=None) exists in this version"
+        )
+    if memory is not None:
+        parse_bytes(memory)
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+
+
+def _source(node: Node) -> Callable[[], Iterable[Any]]:
+    iterable = node.args["iterable"]
+    if node.args["one_shot"]:
+        if node.args.get("used"):
+            raise HeadraceError(
+                "this stream reads a one-shot iterator that an earlier run already consumed; "
+                "pass a list, a range or another re-iterable object to run it more than once"
+            )
+        node.args["used"] = True
+    return lambda: iterable
