@@ -15,6 +15,7 @@ from .._core import Workload
 #: Workload name -> (module, attribute).
 _WHERE = {
     "W1": ("w1", "WORKLOAD"),
+    "W1t": ("w1t", "WORKLOAD"),
     "W2a": ("w2", "W2A"),
     "W2b": ("w2", "W2B"),
     "W3": ("w3", "WORKLOAD"),

@@ -212,10 +212,13 @@ class SlotPool:
         self._bytes = 0
         self._lock = threading.Lock()
         self._warned = False
+        self._closed = False
         self.fallbacks = 0  # buffers that went in band for want of a slot
 
     def take(self, size: int, holder: int) -> Slot | None:
         with self._lock:
+            if self._closed:  # the run is over: what a late thread sends goes in band
+                return None
             for slot in self._slots:
                 if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
                     slot.hold(holder)
@@ -279,8 +282,10 @@ class SlotPool:
         return self._bytes
 
     def close(self) -> None:
-        """Remove every slot of this pool (the caller knows no receiver still needs one)."""
+        """Remove every slot of this pool (the caller knows no receiver still needs one); it
+        makes no slot after this."""
         with self._lock:
+            self._closed = True
             for slot in self._slots:
                 self._destroy(slot)
             self._slots.clear()

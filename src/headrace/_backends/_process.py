@@ -594,6 +594,8 @@ class ProcessWorkers(Workers):
         self._crashes: dict[int, int] = {}  # item index -> times it crashed (or ran late)
         self._avg_bytes: float | None = None
         self.pipe_safe = PIPE_SAFE
+        self._ended = 0  # supervisor threads that have ended
+        self._joined = False  # a close gave up on a supervisor thread
         self._big = False
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
@@ -679,6 +681,11 @@ class ProcessWorkers(Workers):
             if proc is not None:
                 self._retire(proc, 0.0 if self.cancelled() else 1.0)
             self.work.worker_exited()
+            with self._lock:
+                self._ended += 1
+                last = self._ended == len(self._threads) and self._joined
+            if last:  # a close gave up waiting for this thread: finish its clean-up now
+                self._cleanup()
 
     def _run_calls(self, slot: int, proc: Proc) -> None:
         work = self.work
@@ -1013,7 +1020,11 @@ class ProcessWorkers(Workers):
             feeder.join(max(0.0, deadline - time.monotonic()))
         alive = any(t.is_alive() for t in self._threads + feeders)
         if alive:
-            remove_run(self.token)  # the workers are dead; no segment may outlive the run
+            # The workers are dead; no segment may outlive the run. A supervisor still busy
+            # here makes no new slot (the pool is closed) and cleans up when it ends.
+            self.pool.close()
+            remove_run(self.token)
+            self._joined = True
         else:
             self._cleanup()
         return not alive
