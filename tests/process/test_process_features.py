@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,10 +284,10 @@ def test_a_forkserver_that_cannot_start_falls_back_to_spawn(monkeypatch: Any) ->
 
     real = _process.Proc.__init__
 
-    def picky(self: Any, owner: Any, slot: int, incarnation: int) -> None:
-        if owner.method == "forkserver":
+    def picky(self: Any, ctx: Any, method: str) -> None:
+        if method == "forkserver":
             raise OSError("AF_UNIX path too long")
-        real(self, owner, slot, incarnation)
+        real(self, ctx, method)
 
     monkeypatch.setattr(_process.Proc, "__init__", picky)
     with pytest.warns(RuntimeWarning, match="forkserver could not start"):
@@ -380,3 +381,52 @@ def test_remove_run_goes_on_past_an_entry_it_cannot_remove(monkeypatch: Any) -> 
         pool.close()
         _shm.remove_run(pool.token)
     assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}-")]
+
+
+def worker_pid(x: Any) -> int:
+    return os.getpid()
+
+
+def test_idle_workers_are_reused_by_the_next_run() -> None:
+    """A later process stage of the same program takes the idle workers of an earlier run."""
+    stream = hr.from_iterable(range(40)).map(worker_pid, **PROC)
+    first = set(stream.collect())
+    second = set(hr.from_iterable(range(40)).map(worker_pid, **PROC).collect())
+    assert first and second <= first | second
+    assert second & first, (first, second)  # a warm worker ran items of the second run
+
+
+def test_a_failed_run_keeps_only_healthy_workers() -> None:
+    """Only a worker that said it is idle is kept: the one running the failing item is not,
+    and the next run works on what is kept."""
+    from headrace._backends import _process
+
+    def culprit_pid(x: Any) -> Any:
+        if x == 3:
+            raise ValueError(os.getpid())
+        return os.getpid()
+
+    _process.release_warm()
+    with pytest.raises(ValueError) as info:
+        hr.from_iterable(range(10)).map(culprit_pid, **PROC).collect()
+    culprit = int(str(info.value))
+    kept = [p.pid for procs in _process.WARM._idle.values() for p in procs]
+    assert culprit not in kept
+    assert all(Path(f"/proc/{pid}").exists() for pid in kept)
+    assert hr.from_iterable(range(4)).map(abs, **PROC).collect() == [0, 1, 2, 3]
+
+
+def test_warm_workers_end_with_the_program() -> None:
+    code = (
+        "import os, headrace as hr\n"
+        "pids = set(hr.from_iterable(range(20)).map(lambda x: os.getpid(), workers=2,"
+        " backend='process').collect())\n"
+        "print(' '.join(map(str, sorted(pids))), flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    for pid in pids:  # gone (or a zombie that its dead parent's reaper has yet to collect)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -96,6 +96,13 @@ PIPE_SAFE = 32 * 1024
 #: A crash loop: this many worker deaths within CRASH_WINDOW_S seconds.
 CRASH_LOOP = 5
 CRASH_WINDOW_S = 10.0
+#: Seconds an idle worker waits for another job before it exits (loky keeps its reusable
+#: workers 300 s; a pipeline program usually runs its next stage within seconds).
+IDLE_S = 60.0
+#: A worker idle for longer than IDLE_S - IDLE_MARGIN_S is not handed out: it may be exiting.
+IDLE_MARGIN_S = 5.0
+#: Idle workers kept per start method, at most (more are stopped when given back).
+MAX_WARM = max(4, 2 * (os.cpu_count() or 1))
 #: Seconds a worker gets to exit after being told to stop, before SIGTERM, then SIGKILL.
 STOP_GRACE_S = 0.2
 #: How long a worker flushes its transform outputs at the latest.
@@ -193,39 +200,53 @@ class Spec:
 # --- the worker process ------------------------------------------------------------------------
 
 
-def worker_main(
-    spec: Spec,
-    slot: int,
-    incarnation: int,
-    tasks: Connection,
-    results: Connection,
-    alive: Connection,
-    deathsig: bool,
-) -> None:
-    """The body of a worker process."""
+def worker_main(tasks: Connection, results: Connection, alive: Connection, deathsig: bool) -> None:
+    """The body of a worker process: run the stages it is given, one job after another; exit
+    when told, when the parent is gone, or after `IDLE_S` seconds without a job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if deathsig:
         _die_with_parent()
     _return_freed_memory()
-    threading.Thread(target=_watch_parent, args=(alive, spec.token), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    try:
+        while tasks.poll(IDLE_S):
+            message = pickle.loads(tasks.recv_bytes())
+            if message[0] != "job":
+                return
+            _run_job(message[1], message[2], message[3], tasks, results)
+            results.send_bytes(pickle.dumps(("idle",), protocol=5))
+    except (EOFError, OSError):
+        pass  # the parent closed the pipes: the run is over
+
+
+def _run_job(
+    spec: Spec, slot: int, incarnation: int, tasks: Connection, results: Connection
+) -> None:
+    """One stage's work in this worker, from its setup to the parent's end message."""
+    global _token
+    _token = spec.token
     child = ChildWork(spec, slot, tasks, results)
     _seed_globals(spec.seed, spec.position, slot, incarnation)
     logging.getLogger().handlers[:] = [PipeLogHandler(child)]
     logging.getLogger().setLevel(spec.log_level)
     try:
-        child.fn = cloudpickle.loads(spec.fn)
-    except BaseException as exc:
-        child.setup_failed(exc, format_traceback(exc))
-        return
-    try:
+        try:
+            child.fn = cloudpickle.loads(spec.fn)
+        except BaseException as exc:
+            child.setup_failed(exc, format_traceback(exc))
+            return
         if spec.kind in STREAM_KINDS:
             run_stream(child)
             child.flush()
             child.send(("finished",))
         else:
             run_calls(child, mark=child.mark)
-    except (EOFError, OSError):
-        pass  # the parent closed the pipes: the run is over
+    finally:
+        child.close()
+
+
+#: The run token of the job this worker runs (its segments are removed if the parent dies).
+_token: str | None = None
 
 
 def _return_freed_memory() -> None:
@@ -242,14 +263,15 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _watch_parent(alive: Connection, token: str) -> None:
+def _watch_parent(alive: Connection) -> None:
     """Exit at once when the parent says stop on this pipe, or when the pipe reaches EOF: the
     parent is gone, and this worker removes the run's shared memory on its way out."""
     try:
         alive.recv_bytes()
     except BaseException:
         with contextlib.suppress(BaseException):
-            remove_run(token)
+            if _token is not None:
+                remove_run(_token)
     os._exit(1)
 
 
@@ -437,6 +459,14 @@ class ChildWork:
     def worker_exited(self) -> None:
         pass
 
+    def close(self) -> None:
+        """The job is over: let go of its shared memory (the parent removes the files)."""
+        self.mark.release()
+        with contextlib.suppress(BufferError, ValueError):
+            self._progress.close()
+        self.pool.close()
+        self.mapper.close()
+
     def on_cancel(self, callback: Any) -> None:
         pass
 
@@ -510,20 +540,17 @@ def _picklable(value: Any) -> bool:
 class Proc:
     """One worker process as its supervisor holds it."""
 
-    def __init__(self, owner: ProcessWorkers, slot: int, incarnation: int) -> None:
-        ctx = owner.ctx
+    def __init__(self, ctx: Any, method: str) -> None:
+        self.method = method
         self.tasks_r, self.tasks = ctx.Pipe(duplex=False)
         self.results, self.results_w = ctx.Pipe(duplex=False)
         alive_r, self.alive = ctx.Pipe(duplex=False)
-        held = min(_grow_pipe(self.tasks), _grow_pipe(self.results))
-        owner.pipe_safe = max(PIPE_SAFE, held // 2)
-        deathsig = owner.method == "forkserver" or (
-            threading.current_thread() is threading.main_thread()
-        )
+        self.pipe_bytes = min(_grow_pipe(self.tasks), _grow_pipe(self.results))
+        deathsig = method == "forkserver" or (threading.current_thread() is threading.main_thread())
         self.process = ctx.Process(
             target=worker_main,
-            args=(owner.spec, slot, incarnation, self.tasks_r, self.results_w, alive_r, deathsig),
-            name=f"headrace-{owner.work.name}-{slot}",
+            args=(self.tasks_r, self.results_w, alive_r, deathsig),
+            name="headrace-worker",
             daemon=False,  # a worker may run a process pipeline of its own
         )
         self.process.start()
@@ -531,7 +558,15 @@ class Proc:
             end.close()
         self.pid = self.process.pid or 0
         self.sentinel = self.process.sentinel
+        self.slot = 0
         self.ready = False  # the worker has set up and asks for its first item
+        self.idle_since = 0.0
+
+    def start_job(self, spec: Spec, slot: int, incarnation: int) -> None:
+        """Give the worker a stage to run (as worker ``slot`` of it)."""
+        self.slot = slot
+        self.ready = False
+        self.tasks.send_bytes(pickle.dumps(("job", spec, slot, incarnation), protocol=5))
 
     def send(self, message: tuple[Any, ...]) -> None:
         self.tasks.send_bytes(pickle.dumps(message, protocol=5))
@@ -633,10 +668,15 @@ class ProcessWorkers(Workers):
     # --- starting and stopping workers --------------------------------------------------
 
     def _start(self, slot: int) -> Proc:
+        """A worker for ``slot``: a warm one left idle by an earlier run, or a new one."""
         self._incarnations[slot] += 1
-        proc = Proc(self, slot, self._incarnations[slot])
+        proc = WARM.take(self.method) or Proc(self.ctx, self.method)
+        self.pipe_safe = max(PIPE_SAFE, proc.pipe_bytes // 2)
         with self._lock:
             self._procs[slot] = proc
+        # One that died while idle shows in its sentinel; the supervisor replaces it.
+        with contextlib.suppress(OSError):
+            proc.start_job(self.spec, slot, self._incarnations[slot])
         return proc
 
     def _start_first(self, slot: int) -> Proc:
@@ -664,11 +704,12 @@ class ProcessWorkers(Workers):
     # --- supervising one worker ---------------------------------------------------------
 
     def _supervise(self, slot: int, proc: Proc) -> None:
+        idle = False  # the worker finished its job cleanly and waits for another
         try:
             if self.work.kind in STREAM_KINDS:
-                self._run_stream(proc)
+                idle = self._run_stream(proc)
             else:
-                self._run_calls(slot, proc)
+                idle = self._run_calls(slot, proc)
         except (Cancelled, StopStage):
             pass
         except BaseException as exc:  # e.g. a replacement worker that cannot start
@@ -678,7 +719,15 @@ class ProcessWorkers(Workers):
         finally:
             with self._lock:
                 proc = self._procs.get(slot, proc)
-            if proc is not None:
+                if idle and not self.closing:  # a healthy worker: keep it for a later run
+                    del self._procs[slot]
+                    proc.ready = False
+                else:
+                    idle = False
+            if idle:
+                self.pool.release_held_by(proc.pid)
+                WARM.give(proc)
+            else:
                 self._retire(proc, 0.0 if self.cancelled() else 1.0)
             self.work.worker_exited()
             with self._lock:
@@ -687,7 +736,7 @@ class ProcessWorkers(Workers):
             if last:  # a close gave up waiting for this thread: finish its clean-up now
                 self._cleanup()
 
-    def _run_calls(self, slot: int, proc: Proc) -> None:
+    def _run_calls(self, slot: int, proc: Proc) -> bool:
         work = self.work
         timed = work.options.timeout is not None
         held: dict[int, Chunk] = {}  # seq -> chunk the worker holds, in the order sent
@@ -697,7 +746,7 @@ class ProcessWorkers(Workers):
         ended = False
         while True:
             if self.cancelled():
-                return
+                return False
             depth = 1 if timed or self._big else DEPTH
             while len(sent) < depth and (proc.ready or not timed):
                 if held_back is not None:
@@ -731,7 +780,7 @@ class ProcessWorkers(Workers):
                 if ended and not again and held_back is None:
                     with contextlib.suppress(OSError):
                         proc.send(("end",))
-                    return
+                    return self._await_idle(proc)
                 continue
             timeout = None
             if timed and sent:
@@ -753,7 +802,28 @@ class ProcessWorkers(Workers):
                 proc = self._replace(slot, proc, held, sent, again, late)
                 continue
             if self._wake_r in ready and self.cancelled():
-                return
+                return False
+
+    def _await_idle(self, proc: Proc) -> bool:
+        """After the end of its input: True once the worker says it is idle (healthy, ready
+        for another job), False if it dies or takes too long. (The run closing meanwhile is
+        no reason to stop waiting: it closes as soon as its last item is out.)"""
+        deadline = time.monotonic() + STOP_GRACE_S * 10
+        while (left := deadline - time.monotonic()) > 0 and not self.closing:
+            ready = multiprocessing.connection.wait([proc.results, proc.sentinel], left)
+            if proc.results in ready:
+                try:
+                    message = pickle.loads(proc.results.recv_bytes())
+                except (EOFError, OSError):
+                    return False
+                if message[0] == "idle":
+                    return True
+                if message[0] == "log":
+                    self._log(proc, message[1])
+                continue
+            if proc.sentinel in ready:
+                return False
+        return False
 
     def _calls_message(self, chunk: Chunk, pid: int) -> bytes | None:
         """The pipe message for ``chunk``: its values in one pickle, or (a split chunk) one
@@ -930,7 +1000,7 @@ class ProcessWorkers(Workers):
 
     def _log(self, proc: Proc, fields: dict[str, Any]) -> None:
         record = logging.makeLogRecord(fields)
-        record.processName = f"{self.work.name}/worker-{proc.process.name.rsplit('-', 1)[-1]}"
+        record.processName = f"{self.work.name}/worker-{proc.slot}"
         record.headrace_stage = self.work.name
         record.headrace_worker = proc.pid
         logger = logging.getLogger(record.name)
@@ -939,7 +1009,7 @@ class ProcessWorkers(Workers):
 
     # --- stream stages: a feeder thread sends, the supervisor receives -------------------
 
-    def _run_stream(self, proc: Proc) -> None:
+    def _run_stream(self, proc: Proc) -> bool:
         feeder = threading.Thread(
             target=self._feed,
             args=(proc,),
@@ -957,7 +1027,7 @@ class ProcessWorkers(Workers):
                 except (EOFError, OSError):
                     continue
                 if message[0] == "finished":
-                    return
+                    return self._await_idle(proc)
                 self._handle_stream(proc, message)
                 continue
             if proc.sentinel in ready:
@@ -969,7 +1039,7 @@ class ProcessWorkers(Workers):
                 self.work.setup_failed(_crash(what, self.work.name, proc, None), "", None)
                 raise Cancelled
             if self.cancelled():
-                return
+                return False
 
     def _feed(self, proc: Proc) -> None:
         try:
@@ -1097,3 +1167,72 @@ def _load_error(data: bytes) -> BaseException:
     if isinstance(error, BaseException):
         return error
     return RemoteError(type(error).__name__, shorten(repr(error)))
+
+
+class WarmWorkers:
+    """Idle worker processes kept for the next run of this program, per start method.
+
+    A worker that finished its job cleanly (its stage's input ended and it said so) is given
+    back here; the next process stage takes it instead of starting a process (which costs a
+    fork and the imports of the stage's function). A worker idle for `IDLE_S` seconds exits by
+    itself; all of them end when the interpreter exits. A worker of a failed or cancelled run
+    is never kept.
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[Proc]] = {}
+        self._lock = threading.Lock()
+        self._finalizer: Any = None
+
+    def take(self, method: str) -> Proc | None:
+        with self._lock:
+            procs = self._idle.get(method, [])
+            stale = []
+            found = None
+            while procs and found is None:
+                proc = procs.pop()
+                fresh = time.monotonic() - proc.idle_since < IDLE_S - IDLE_MARGIN_S
+                if fresh and proc.process.is_alive():
+                    found = proc
+                else:
+                    stale.append(proc)
+        for proc in stale:
+            proc.stop(0.0)
+        return found
+
+    def give(self, proc: Proc) -> None:
+        proc.idle_since = time.monotonic()
+        with self._lock:
+            procs = self._idle.setdefault(proc.method, [])
+            keep = len(procs) < MAX_WARM
+            if keep:
+                procs.append(proc)
+            if self._finalizer is None:
+                self._finalizer = multiprocessing.util.Finalize(None, self.release, exitpriority=90)
+        if not keep:
+            proc.stop(0.0)
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(procs) for procs in self._idle.values())
+
+    def release(self) -> None:
+        """End every idle worker now (at interpreter exit; tests that count processes)."""
+        with self._lock:
+            procs = [proc for procs in self._idle.values() for proc in procs]
+            self._idle.clear()
+        for proc in procs:
+            with contextlib.suppress(OSError, ValueError):
+                proc.alive.send_bytes(b"stop")
+        for proc in procs:
+            proc.stop(STOP_GRACE_S)
+
+
+#: The idle workers of this program.
+WARM = WarmWorkers()
+
+
+def release_warm() -> None:
+    """End the idle worker processes kept for later runs (they also end on their own after
+    `IDLE_S` seconds, and at interpreter exit)."""
+    WARM.release()
