@@ -606,6 +606,7 @@ class Execution:
             runner.inbox = self._channel(
                 [parent.options for parent, _ in node.inputs],
                 ZipChannel if node.kind == "zip" else Channel,
+                node.args.get("n"),  # a take: its source need not read ahead past n
             )
         for node, runner in self.runners.items():
             for port, consumers in enumerate(self.plan.consumers[node]):
@@ -623,11 +624,15 @@ class Execution:
             self.runners[node].fanout.add(port, Inlet(channel, 0))
             self.outlets.append(channel)
 
-    def _channel(self, feeders: list[StageOptions], kind: type[Channel]) -> Channel:
-        """The channel fed by stages with these options: the largest of their bounds."""
+    def _channel(
+        self, feeders: list[StageOptions], kind: type[Channel], most: int | None = None
+    ) -> Channel:
+        """The channel fed by stages with these options: the largest of their bounds (and at
+        most ``most`` items)."""
         bounds = [o.byte_bound for o in feeders]
+        capacity = max(o.capacity for o in feeders)
         return kind(
-            max(o.capacity for o in feeders),
+            max(1, min(capacity, most)) if most is not None else capacity,
             self.state,
             producers=len(feeders),
             byte_bound=None if None in bounds else max(b for b in bounds if b is not None),

@@ -258,7 +258,9 @@ class Stream:
         [0, 2, 4]
         """
         n = check_count("n", n, minimum=0)
-        return self._builtin("take", take_body(n), name, None)
+        stream = self._builtin("take", take_body(n), name, None)
+        stream._node.args["n"] = n  # its input channel need not hold more
+        return stream
 
     def prefetch(self, n: int, *, name: str | None = None) -> Stream:
         """A buffer of ``n`` items, so the stages upstream run ahead of the consumer.
