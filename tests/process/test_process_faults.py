@@ -169,23 +169,44 @@ stream = hr.from_iterable(range(8)).map(boom, workers=2, backend="process", name
     result = run_scenario(body)
     assert result.error is None, result.error
     assert sorted(result.out) == [0, 1, 3, 5, 6, 7]
+    # Both keep their type: rebuilt without calling __init__, the lock left out.
     kinds = {index: kind for _, index, kind in result.result["errors"]}
-    assert kinds == {2: "RemoteError", 4: "RemoteError"}
+    assert kinds == {2: "TwoArgs", 4: "HoldsLock"}
     result.assert_conserved(full=True)
 
 
-def test_remote_error_keeps_the_type_name_message_and_traceback() -> None:
+def test_an_exception_that_cannot_be_unpickled_keeps_its_type_and_attributes() -> None:
     body = """
 class TwoArgs(Exception):
     def __init__(self, a, b):
         super().__init__(f"{a}-{b}")
+        self.a, self.b = a, b
 def boom(x):
     raise TwoArgs(1, 2)
 stream = hr.from_iterable(range(3)).map(boom, workers=2, backend="process", name="work")
 """
     error = run_scenario(body).error
+    assert error is not None and error["type"] == "TwoArgs"
+    assert error["message"] == "1-2"
+    assert "in boom" in error["cause_text"]
+
+
+def test_remote_error_keeps_the_type_name_message_and_traceback() -> None:
+    """Only a class the parent cannot import (here: a module that exists in the worker
+    alone) arrives as RemoteError."""
+    body = """
+def boom(x):
+    import sys, types
+    ghost = types.ModuleType("ghost")
+    exec("class TwoArgs(Exception):\\n    pass", ghost.__dict__)
+    ghost.TwoArgs.__module__ = "ghost"
+    sys.modules["ghost"] = ghost
+    raise ghost.TwoArgs("1-2")
+stream = hr.from_iterable(range(3)).map(boom, workers=2, backend="process", name="work")
+"""
+    error = run_scenario(body).error
     assert error is not None and error["type"] == "RemoteError"
-    assert error["type_name"] == "__main__.TwoArgs" and "1-2" in error["message"]
+    assert error["type_name"] == "ghost.TwoArgs" and "1-2" in error["message"]
     assert "in boom" in error["cause_text"] and "TwoArgs: 1-2" in error["cause_text"]
 
 

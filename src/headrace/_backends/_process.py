@@ -449,12 +449,10 @@ class ChildWork:
 
     def stream_failed(self, error: BaseException, tb: str) -> None:
         self.flush()
-        data, _ = _dump_error(error)
-        self.send(("failed", data, tb, self._key))
+        self.send(("failed", _dump_error(error), tb, self._key))
 
     def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
-        data, _ = _dump_error(error)
-        self.send(("setup", data, tb))
+        self.send(("setup", _dump_error(error), tb))
 
     def worker_exited(self) -> None:
         pass
@@ -481,21 +479,39 @@ class _TransitError(Exception):
         super().__init__(f"{what}: {type(cause).__name__}: {shorten(str(cause), 300)}")
 
 
-def _dump_error(error: BaseException) -> tuple[bytes, bool]:
-    """The exception as bytes that the parent can load; a `RemoteError` (type name, message)
-    when its class cannot be pickled or rebuilt. True if the original type travels."""
+def _dump_error(error: BaseException) -> bytes:
+    """The exception as bytes for the parent: the exception itself when it pickles whole; else
+    its class, args and the attributes that pickle, to rebuild it without calling
+    ``__init__`` (a class whose ``__init__`` does not take its ``args`` is common); with its
+    type name and message, for a `RemoteError` when even the class cannot travel."""
+    name = f"{type(error).__module__}.{type(error).__qualname__}"
+    message = shorten(str(error))
+    payload: bytes | None = None
     try:
-        data = bytes(cloudpickle.dumps(error, protocol=5))
-        pickle.loads(data)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
-        return data, True
+        payload = bytes(cloudpickle.dumps(error, protocol=5))
+        pickle.loads(payload)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
     except BaseException:
-        name = f"{type(error).__module__}.{type(error).__qualname__}"
-        return pickle.dumps(RemoteError(name, shorten(str(error)))), False
+        state = {k: v for k, v in vars(error).items() if _pickles(v)}
+        try:
+            payload = bytes(cloudpickle.dumps((_REBUILD, type(error), error.args, state), 5))
+        except BaseException:
+            payload = None
+    return pickle.dumps((payload, name, message), protocol=5)
+
+
+_REBUILD = "headrace-rebuild"
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except BaseException:
+        return False
+    return True
 
 
 def _failure_entry(failure: Failure) -> tuple[int, bytes, str]:
-    data, _ = _dump_error(failure.error)
-    return (failure.key, data, failure.traceback)
+    return (failure.key, _dump_error(failure.error), failure.traceback)
 
 
 class PipeLogHandler(logging.Handler):
@@ -1160,13 +1176,28 @@ def _kill_all(procs: dict[int, Proc], token: str | None) -> None:
 
 
 def _load_error(data: bytes) -> BaseException:
+    """The exception `_dump_error` sent: with its own type whenever its class can be had here
+    (rebuilt without ``__init__`` if need be); else a `RemoteError` with its type name."""
+    payload, name, message = pickle.loads(data)
     try:
-        error = pickle.loads(data)
-    except Exception as exc:
-        return RemoteError(type(exc).__name__, f"an exception could not be unpickled: {exc}")
+        error = pickle.loads(payload) if payload is not None else None
+    except Exception:
+        error = None
+    if isinstance(error, tuple) and len(error) == 4 and error[0] == _REBUILD:
+        error = _rebuild(error[1], error[2], error[3])
     if isinstance(error, BaseException):
         return error
-    return RemoteError(type(error).__name__, shorten(repr(error)))
+    return RemoteError(name, message)
+
+
+def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException | None:
+    try:
+        error = cls.__new__(cls)
+        error.args = args
+        error.__dict__.update(state)
+    except Exception:
+        return None
+    return error if isinstance(error, BaseException) else None
 
 
 class WarmWorkers:
