@@ -90,10 +90,25 @@ def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) 
     """Prepare a user exception for the consumer: keep its type, note where it happened,
     attach the worker traceback as ``__cause__``."""
     where = f"item {index}" if index is not None else "not tied to one item (setup, a crash)"
+    if not isinstance(exc, Exception):
+        # SystemExit or KeyboardInterrupt raised by a stage's function must not end the
+        # consumer's program silently (nor look like the user's own Ctrl-C): an error that
+        # `except Exception` catches, with the original as its cause.
+        wrapped = HeadraceError(
+            f"stage {stage!r}: its function raised {type(exc).__name__}"
+            f"({shorten(', '.join(map(repr, exc.args)), 200)}) on {where}; a stage cannot end "
+            "the program: raise an Exception to fail the item, or return"
+        )
+        wrapped.__cause__ = exc
+        exc = wrapped
     note = f"headrace: raised in stage {stage!r}, {where}"
     notes = getattr(exc, "__notes__", [])
     if note not in notes:
         exc.add_note(note)
-    if not isinstance(exc.__cause__, RemoteTraceback):
+    cause = exc.__cause__
+    if isinstance(exc, HeadraceError) and cause is not None and not isinstance(cause, Exception):
+        if not isinstance(cause.__cause__, RemoteTraceback):  # a wrapped SystemExit
+            cause.__cause__ = RemoteTraceback(tb_text)
+    elif not isinstance(cause, RemoteTraceback):
         exc.__cause__ = RemoteTraceback(tb_text)
     return exc
