@@ -451,10 +451,10 @@ def exit_on_three(x: int) -> int:
 
 def test_system_exit_in_user_code_is_an_item_error(opts: dict[str, Any], conserved: Any) -> None:
     """SystemExit raised by user code fails its item like any error; it neither kills the
-    worker pool silently nor escapes under on_error='skip'."""
-    with pytest.raises(SystemExit) as info:
+    worker pool silently, nor ends the consumer's program, nor escapes under skip."""
+    with pytest.raises(hr.HeadraceError) as info:
         hr.from_iterable(range(6)).map(exit_on_three, **opts).collect()
-    assert info.value.code == 7
+    assert isinstance(info.value.__cause__, SystemExit) and info.value.__cause__.code == 7
     assert any("item 3" in note for note in getattr(info.value, "__notes__", []))
     with hr.from_iterable(range(6)).map(exit_on_three, **opts, on_error="skip").open() as run:
         assert sorted(run) == [0, 1, 2, 4, 5]
