@@ -31,6 +31,9 @@ class _End:
 #: Returned by `Channel.get` once every producer has closed and the channel is empty.
 END: Final = _End()
 
+#: Seconds `RunState.cancel` tries for each lock it wakes waiters under before it goes on.
+CANCEL_LOCK_S = 0.05
+
 #: A chunk: the items' indices and their values.
 Chunk = tuple[Sequence[int], list[Any]]
 
@@ -70,8 +73,13 @@ class RunState:
             conditions = list(self._conditions)
             callbacks, self._callbacks = self._callbacks, []
         for condition in conditions:
-            with condition:
-                condition.notify_all()
+            # Never wait for a lock here: a second Ctrl-C that lands inside a `with condition`
+            # of this very thread can leave it held for good, and cancel must still return.
+            if condition.acquire(timeout=CANCEL_LOCK_S):
+                try:
+                    condition.notify_all()
+                finally:
+                    condition.release()
         for callback in callbacks:
             callback()
 

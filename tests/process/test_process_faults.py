@@ -8,6 +8,7 @@ it (the autouse leak fixture), and every stage must conserve its items.
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import subprocess
@@ -412,6 +413,35 @@ def test_ctrl_c_to_the_process_group(presses: int) -> None:
     assert err.count("KeyboardInterrupt") == 1, err
     assert err.count("Traceback") == 1, err
     assert not wait_gone(mark, 2.0)
+
+
+BUSY_PIPELINE = """
+print("RUNNING", flush=True)
+for item in hr.from_iterable(range(10**9)).map(abs, workers=2, backend="process"):
+    pass
+"""
+
+
+def test_two_ctrl_c_at_random_moments_never_hang() -> None:
+    """A second SIGINT may land anywhere in the consumer's clean-up (inside a channel's lock,
+    say): the program must still end at once, every time."""
+    rng = random.Random(20261130)
+    for attempt in range(12):
+        mark = uuid.uuid4().hex
+        proc = start_scenario(BUSY_PIPELINE, mark)
+        try:
+            _wait_for(proc, "RUNNING", 30)
+            time.sleep(rng.uniform(0.05, 0.4))  # somewhere in the stream: the moment is the test
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(rng.uniform(0.0, 0.05))
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"attempt {attempt}: hung after two Ctrl-C") from None
+        finally:
+            kill_marked(mark)
+        assert not wait_gone(mark, 2.0), f"attempt {attempt}: workers left"
 
 
 def test_workers_exit_when_the_parent_is_killed() -> None:
