@@ -23,6 +23,7 @@ OURS = f"hr-{os.getpid()}-"
 pytestmark = pytest.mark.timeout(60)
 
 PROC = {"backend": "process", "workers": 2}
+BACKEND = {"backend": "process"}
 T = _shm.THRESHOLD
 
 
@@ -430,3 +431,34 @@ def test_warm_workers_end_with_the_program() -> None:
     for pid in pids:  # gone (or a zombie that its dead parent's reaper has yet to collect)
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_closed_runs_release_their_file_descriptors_without_the_gc() -> None:
+    """Pipes and sentinels of a finished run are closed when it closes, not when garbage is
+    collected: many failing or abandoned runs do not pile up descriptors."""
+    import gc
+
+    from headrace._backends import _process
+
+    def fail_at_50(x: int) -> int:
+        if x == 50:
+            raise ValueError(x)
+        return x
+
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    _process.release_warm()
+    before = count()
+    gc.disable()
+    try:
+        for _ in range(8):
+            with pytest.raises(ValueError):
+                hr.from_iterable(range(100)).map(fail_at_50, workers=4, **BACKEND).collect()
+            for x in hr.from_iterable(range(10**6)).map(abs, workers=4, **BACKEND):
+                if x == 500:
+                    break
+        _process.release_warm()
+        assert count() <= before + 2, (before, count())
+    finally:
+        gc.enable()

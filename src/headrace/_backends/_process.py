@@ -577,6 +577,7 @@ class Proc:
         self.slot = 0
         self.ready = False  # the worker has set up and asks for its first item
         self.idle_since = 0.0
+        self._exitcode: int | None = None
 
     def start_job(self, spec: Spec, slot: int, incarnation: int) -> None:
         """Give the worker a stage to run (as worker ``slot`` of it)."""
@@ -601,6 +602,19 @@ class Proc:
             self.process.kill()
             self.process.join(1.0)
         self.close_pipes()
+        if not self.process.is_alive():
+            self._exitcode = self.process.exitcode
+            with contextlib.suppress(ValueError):
+                self.process.close()  # its sentinel's fd now, not when garbage is collected
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._exitcode is not None:
+            return self._exitcode
+        with contextlib.suppress(ValueError):
+            code: int | None = self.process.exitcode
+            return code
+        return None
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
@@ -612,7 +626,7 @@ class Proc:
                 conn.close()
 
     def describe_exit(self) -> str:
-        code = self.process.exitcode
+        code = self.exitcode
         if code is None:
             return "is gone"
         if code < 0:
@@ -1134,7 +1148,7 @@ class ProcessWorkers(Workers):
 
 def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrashedError:
     return WorkerCrashedError(
-        message, stage=stage, worker=str(proc.pid), exitcode=proc.process.exitcode, index=key
+        message, stage=stage, worker=str(proc.pid), exitcode=proc.exitcode, index=key
     )
 
 
