@@ -504,6 +504,32 @@ def test_a_whole_group_killed_leaves_nothing_after_the_next_run() -> None:
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
+GIL_PIPELINE = """
+def gil(x):
+    if x == 2:
+        print("RUNNING", flush=True)
+        sum(range(10**13))  # a C loop that holds the GIL for hours
+    return x
+for item in hr.from_iterable(range(100)).map(gil, workers=2, backend="process"):
+    pass
+"""
+
+
+def test_a_worker_in_a_c_call_dies_with_its_killed_parent() -> None:
+    """The worker's watcher thread cannot run (the C call holds the GIL) and its parent is the
+    forkserver: the kernel must still end it, the forkserver with it, when the program dies."""
+    mark = uuid.uuid4().hex
+    proc = start_scenario(GIL_PIPELINE, mark)
+    try:
+        _wait_for(proc, "RUNNING", 30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        left = wait_gone(mark, 5.0)
+    finally:
+        kill_marked(mark)
+    assert not left, f"still alive 5 s after the program was killed: {left}"
+
+
 def test_fork_with_threads_running_warns_and_works() -> None:
     body = """
 import threading, warnings

@@ -61,6 +61,7 @@ from .._shm import (
 )
 from .._stages import STREAM_KINDS, StageOptions
 from .._transport import Cancelled, StopStage
+from . import _forkserver
 from ._base import (
     Backend,
     Chunk,
@@ -135,8 +136,13 @@ def _context(method: str) -> Any:
         from multiprocessing import forkserver
 
         if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
-            # Workers fork from a server that has imported headrace and numpy once.
-            ctx.set_forkserver_preload(["__main__", __name__])
+            # Workers fork from a server that has imported headrace and numpy once, and that
+            # dies with this program (see `_forkserver`) when its main thread starts it.
+            if threading.current_thread() is threading.main_thread():
+                os.environ[_forkserver.PARENT_ENV] = str(os.getpid())
+            else:
+                os.environ.pop(_forkserver.PARENT_ENV, None)
+            ctx.set_forkserver_preload([_forkserver.__name__, "__main__", __name__])
     elif method == "fork":
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:
