@@ -302,6 +302,50 @@ TARGETS += [
 ]
 
 
+def _ratio_to_row(
+    data: dict[str, Any], workload: str, mine: str, other: str, metric: str
+) -> float | None:
+    """The median of row ``mine`` over the median of row ``other``, in one workload."""
+    a = _median(_find(data, workload, mine), metric)
+    b = _median(_find(data, workload, other), metric)
+    return None if a is None or not b else a / b
+
+
+# Chunks end to end (issue 9): small items at near-native speed on every backend.
+TARGETS += [
+    (
+        9,
+        "W1",
+        "items/s ≥ 1.0x multiprocessing.Pool imap with a tuned chunksize",
+        lambda d: _at_least(_ratio_of(d, "W1", "pool-tuned", "items_per_s"), 1.0, "{value:.2f}x"),
+    ),
+    (
+        9,
+        "W1t",
+        "2 threads: items/s ≥ 0.2x the plain loop",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W1t", "headrace", "loop", "items_per_s"), 0.2, "{value:.2f}x"
+        ),
+    ),
+    (
+        9,
+        "W1t",
+        "2 threads: items/s ≥ 20x ThreadPoolExecutor.map",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W1t", "headrace", "tpe", "items_per_s"), 20.0, "{value:.0f}x"
+        ),
+    ),
+    (
+        9,
+        "W1t",
+        "inline map: items/s ≥ 0.3x the plain loop",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W1t", "headrace-inline", "loop", "items_per_s"), 0.3, "{value:.2f}x"
+        ),
+    ),
+]
+
+
 def targets_table(data: dict[str, Any]) -> str:
     rows = []
     ran = {entry["name"] for entry in data["workloads"]}
