@@ -18,6 +18,9 @@ from typing import Any
 #: unavailable.
 BACKEND_ENV = "HEADRACE_BENCH_BACKEND"
 DEFAULT_BACKEND = "process"
+#: Set to "1" by `headrace bench --cold`: cases time their first job, as a one-shot script
+#: pays it (start-method servers, worker start, imports, first page faults), without warm-up.
+COLD_ENV = "HEADRACE_BENCH_COLD"
 
 MiB = 1 << 20
 #: Decimal gigabyte, as in every GB/s figure here.
@@ -91,7 +94,8 @@ class Workload:
 def timed_job(
     job: Callable[[int], Any], check: Callable[[int, Any], None]
 ) -> Callable[[Params], Result]:
-    """A case that runs ``job(p["warm"])`` once to warm up, then times ``job(p["n"])``.
+    """A case that runs ``job(p["warm"])`` once to warm up (not with ``--cold``), then times
+    ``job(p["n"])``.
 
     The warm-up pays the one-time costs of a program (a start method's server, imports in the
     workers, first page faults) that W6 measures on its own. ``job`` builds the pool or pipeline,
@@ -99,7 +103,8 @@ def timed_job(
     """
 
     def run(p: Params) -> Result:
-        check(p["warm"], job(p["warm"]))
+        if os.environ.get(COLD_ENV) != "1":
+            check(p["warm"], job(p["warm"]))
         start = time.perf_counter()
         out = job(p["n"])
         seconds = time.perf_counter() - start

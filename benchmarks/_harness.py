@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import report
-from ._core import BACKEND_ENV, DEFAULT_BACKEND, Case, Workload
+from ._core import BACKEND_ENV, COLD_ENV, DEFAULT_BACKEND, Case, Workload
 from ._procs import run_child
 from .workloads import NAMES, REFERENCES, get
 
@@ -270,6 +270,7 @@ def run_bench(
     backend: str | None = None,
     repeats: int | None = None,
     memory: bool | None = None,
+    cold: bool = False,
     command: str = "headrace bench",
     out: TextIO = sys.stdout,
     log: TextIO = sys.stderr,
@@ -290,12 +291,15 @@ def run_bench(
     repeats = repeats or (QUICK_REPEATS if quick else REPEATS)
     memory = (not quick) if memory is None else memory
     timeout = QUICK_TIMEOUT_S if quick else TIMEOUT_S
+    if cold:  # the children inherit it: no warm-up before the timed job
+        os.environ[COLD_ENV] = "1"
     started = time.monotonic()
     data: dict[str, Any] = {
         "suite": 1,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "quick": quick,
+        "cold": cold,
         "backend": backend,
         "repeats": repeats,
         "memory_sampled": memory,
