@@ -53,8 +53,6 @@ RANKS: dict[str, int] = {
 #: stage descriptions, and the transport moves arrays through shared memory.
 PEER_RANKS = frozenset({2, 3, 6, 7, 8})
 BACKENDS_BASE = "_backends._base"
-#: What the process backend's forkserver imports first: shared by no other backend.
-BACKENDS_SHARED = frozenset({BACKENDS_BASE, "_backends._forkserver"})
 
 
 def rank_of(module: str) -> int | None:
@@ -151,8 +149,13 @@ def _allowed(importer: str, target: str) -> bool:
     if theirs < mine:
         return True
     if theirs == mine == RANKS["_backends"]:
-        return target in BACKENDS_SHARED or importer == "_backends"
+        return target == BACKENDS_BASE or importer == "_backends" or _same_backend(importer, target)
     return theirs == mine and mine in PEER_RANKS
+
+
+def _same_backend(importer: str, target: str) -> bool:
+    """The modules of one backend package (``_backends._process.*``) may import each other."""
+    return importer.split(".")[:2] == target.split(".")[:2] and importer.count(".") >= 1
 
 
 def test_the_package_is_found() -> None:

@@ -1,30 +1,20 @@
-"""The process backend: each worker is a process, supervised by one thread in the parent.
+"""The parent side of the process backend: one supervisor thread per worker process.
 
-    parent                                           worker process (slot i)
-    ------                                           -----------------------
-    supervisor thread i:                             serve(): run_calls / run_stream over
-      take tasks (batched) --- task pipe -------->     the pipe, with the shared worker body
-      wait(result pipe, sentinel, wake pipe)          (execute: retries, item context)
-      <-- results (batched), log records ---------    progress[i] = seq of the item it runs
+    supervisor thread i                                worker process (slot i)
+    -------------------                                -----------------------
+    next_chunk() -> chunk --- task pipe ----------->   runs it (see `_worker`)
+    wait(result pipe, sentinel, wake pipe)
+    finish(Done) <----------- result pipe ----------   results (arrays in shared memory)
+    sentinel fires: read the progress board (the chunk and the item the worker ran), settle
+    that item (retry, or fail it), send its chunks again to a fresh worker
 
-A supervisor knows every item its worker holds. It waits on the result pipe, the process's
-sentinel and a wake-up pipe (written on cancel) together, never with sleeps. When the sentinel
-fires the worker is dead: its item is reported as `WorkerCrashedError` (or retried), the items
-queued behind it are sent again, and a fresh process takes its slot. A crash loop (the same
-item crashing twice, or `CRASH_LOOP` crashes within `CRASH_WINDOW_S`) ends the run with one
-error. With ``timeout=`` a worker holds one item at a time; when the item runs late the worker
-is killed and replaced.
-
-Small items travel in batches sized so that a batch takes about `BATCH_S` of work (the user
-never tunes a chunk size); arrays travel through shared memory (`_shm`). Workers ignore
-SIGINT, die with their parent (a pipe that reaches EOF, and PR_SET_PDEATHSIG), and forward
-their `logging` records to the parent. Imports `_base`, `_shm`, `_transport`, `_errors`.
+A supervisor never polls with sleeps. Workers come from `WARM` (idle ones of earlier runs)
+or are started; a worker that finishes its job cleanly goes back to `WARM`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import mmap
 import multiprocessing
@@ -32,26 +22,23 @@ import multiprocessing.connection
 import multiprocessing.util
 import os
 import pickle
-import random
 import signal
 import struct
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
-import numpy as np
 
-from .._errors import RemoteError, WorkerCrashedError, format_traceback, shorten
-from .._shm import (
+from ..._errors import WorkerCrashedError, format_traceback
+from ..._shm import (
     HEADER,
     Mapper,
     SlotPool,
-    attach,
     create,
     decode,
     encode,
@@ -59,486 +46,32 @@ from .._shm import (
     run_token,
     sweep_stale,
 )
-from .._stages import STREAM_KINDS, StageOptions
-from .._transport import Cancelled, StopStage
-from . import _forkserver
-from ._base import (
-    Backend,
+from ..._stages import STREAM_KINDS
+from ..._transport import Cancelled, StopStage
+from .._base import (
     Chunk,
     Done,
     Failure,
     StageWork,
     Workers,
-    run_calls,
-    run_stream,
-    set_item,
     timeout_error,
 )
-
-#: Seconds of work a batch of small items should take: long enough to pay for a pipe round
-#: trip, short enough that a slow stream still delivers promptly.
-BATCH_S = 0.005
-#: Outputs a stream-stage worker gathers into one message at most.
-MAX_BATCH = 256
-#: Batches a worker may hold: one running, one queued behind it so it never waits for the
-#: parent. Items whose results are large (>= BIG_RESULT bytes) go one at a time: a round trip
-#: is cheap next to making them, and each one held costs memory.
-DEPTH = 2
-BIG_RESULT = 2**20
-#: Array bytes a process stage may hold in flight, beyond one item per worker.
-WINDOW_BYTES = 16 * 2**20
-#: Bytes each pipe to and from a worker is asked to hold (Linux: F_SETPIPE_SZ, within
-#: /proc/sys/fs/pipe-max-size, 1 MiB by default), so that a chunk of small items fits.
-PIPE_BYTES = 2**20
-#: A message larger than this is sent only to an idle worker: a pipe holds 64 KiB unless it
-#: grows, and a worker blocked writing its results must never wait on a parent blocked
-#: writing tasks. Raised to half the pipe's size when the pipes grow.
-PIPE_SAFE = 32 * 1024
-#: A crash loop: this many worker deaths within CRASH_WINDOW_S seconds.
-CRASH_LOOP = 5
-CRASH_WINDOW_S = 10.0
-#: Seconds an idle worker waits for another job before it exits (loky keeps its reusable
-#: workers 300 s; a pipeline program usually runs its next stage within seconds).
-IDLE_S = 60.0
-#: A worker idle for longer than IDLE_S - IDLE_MARGIN_S is not handed out: it may be exiting.
-IDLE_MARGIN_S = 5.0
-#: Idle workers kept per start method, at most (more are stopped when given back).
-MAX_WARM = max(4, 2 * (os.cpu_count() or 1))
-#: Seconds a worker gets to exit after being told to stop, before SIGTERM, then SIGKILL.
-STOP_GRACE_S = 0.2
-#: How long a worker flushes its transform outputs at the latest.
-FLUSH_S = 0.005
-START_METHODS = ("forkserver", "spawn", "fork")
-ENV_START_METHOD = "HEADRACE_START_METHOD"
-_PR_SET_PDEATHSIG = 1
-_M_MMAP_THRESHOLD = -3
-_IDLE = -1
-
-
-def default_start_method() -> str:
-    """The start method when none is given: $HEADRACE_START_METHOD, else the one that is safe
-    with threads (forkserver where it exists, spawn elsewhere)."""
-    method = os.environ.get(ENV_START_METHOD)
-    if method:
-        if method not in START_METHODS:
-            raise ValueError(f"${ENV_START_METHOD} must be one of {START_METHODS}, got {method!r}")
-        return method
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "spawn"
-
-
-def _context(method: str) -> Any:
-    if method not in multiprocessing.get_all_start_methods():
-        raise ValueError(f"start_method {method!r} is not available here")
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        from multiprocessing import forkserver
-
-        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
-            # Workers fork from a server that has imported headrace and numpy once, and that
-            # dies with this program (see `_forkserver`) when its main thread starts it.
-            if threading.current_thread() is threading.main_thread():
-                os.environ[_forkserver.PARENT_ENV] = str(os.getpid())
-            else:
-                os.environ.pop(_forkserver.PARENT_ENV, None)
-            ctx.set_forkserver_preload([_forkserver.__name__, "__main__", __name__])
-    elif method == "fork":
-        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        if others:
-            warnings.warn(
-                f"start_method='fork' with other threads running ({', '.join(others[:5])}): a "
-                "forked worker may deadlock on a lock one of them held. Use 'forkserver'.",
-                RuntimeWarning,
-                stacklevel=6,
-            )
-    return ctx
-
-
-class ProcessBackend(Backend):
-    name = "process"
-
-    def start(self, work: StageWork) -> Workers:
-        return ProcessWorkers(work)
-
-    chunk_s = BATCH_S
-
-    def window(self, options: StageOptions) -> tuple[int, int | None]:
-        if options.timeout is not None:
-            return 2 * options.workers, WINDOW_BYTES
-        return (DEPTH + 1) * options.workers, WINDOW_BYTES
-
-
-# --- what a worker is sent ---------------------------------------------------------------------
-
-
-def dump_callable(name: str, fn: Any) -> bytes:
-    """The stage function as bytes for the workers; a clear TypeError if it cannot be sent."""
-    try:
-        return bytes(cloudpickle.dumps(fn, protocol=5))
-    except Exception as exc:
-        raise TypeError(
-            f"stage {name!r}: its function {shorten(repr(fn), 120)} cannot be sent to a worker "
-            f"process: {type(exc).__name__}: {shorten(str(exc), 300)}. Make what it refers to "
-            "picklable (e.g. open files or locks inside the function, or in a class's "
-            "__init__), or use backend='thread'."
-        ) from exc
-
-
-class Spec:
-    """Everything a worker needs, pickled with the start method's pickler."""
-
-    def __init__(self, work: StageWork, token: str, budget: int, progress: str) -> None:
-        self.name = work.name
-        self.kind = work.kind
-        self.fn = dump_callable(work.name, work.fn)
-        self.options = work.options
-        self.ports = work.ports
-        self.position = work.position
-        self.seed = work.seed
-        self.token = token
-        self.budget = budget
-        self.progress = progress
-        self.parent = os.getpid()
-        self.log_level = logging.getLogger().getEffectiveLevel()
-
-
-# --- the worker process ------------------------------------------------------------------------
-
-
-def worker_main(tasks: Connection, results: Connection, alive: Connection, deathsig: bool) -> None:
-    """The body of a worker process: run the stages it is given, one job after another; exit
-    when told, when the parent is gone, or after `IDLE_S` seconds without a job."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if deathsig:
-        _die_with_parent()
-    _return_freed_memory()
-    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
-    try:
-        while tasks.poll(IDLE_S):
-            message = pickle.loads(tasks.recv_bytes())
-            if message[0] != "job":
-                return
-            _run_job(message[1], message[2], message[3], tasks, results)
-            results.send_bytes(pickle.dumps(("idle",), protocol=5))
-    except (EOFError, OSError):
-        pass  # the parent closed the pipes: the run is over
-
-
-def _run_job(
-    spec: Spec, slot: int, incarnation: int, tasks: Connection, results: Connection
-) -> None:
-    """One stage's work in this worker, from its setup to the parent's end message."""
-    global _token
-    _token = spec.token
-    child = ChildWork(spec, slot, tasks, results)
-    _seed_globals(spec.seed, spec.position, slot, incarnation)
-    logging.getLogger().handlers[:] = [PipeLogHandler(child)]
-    logging.getLogger().setLevel(spec.log_level)
-    try:
-        try:
-            child.fn = cloudpickle.loads(spec.fn)
-        except BaseException as exc:
-            child.setup_failed(exc, format_traceback(exc))
-            return
-        if spec.kind in STREAM_KINDS:
-            run_stream(child)
-            child.flush()
-            child.send(("finished",))
-        else:
-            run_calls(child, mark=child.mark)
-    finally:
-        child.close()
-
-
-#: The run token of the job this worker runs (its segments are removed if the parent dies).
-_token: str | None = None
-
-
-def _return_freed_memory() -> None:
-    """Large blocks come from mmap and go back to the system when freed. glibc otherwise raises
-    its mmap threshold after the first free, and a worker making 8 MiB arrays keeps 8-16 MiB
-    of freed heap for good (the "worker whose memory grows")."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 2**20)
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _watch_parent(alive: Connection) -> None:
-    """Exit at once when the parent says stop on this pipe, or when the pipe reaches EOF: the
-    parent is gone, and this worker removes the run's shared memory on its way out."""
-    try:
-        alive.recv_bytes()
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            if _token is not None:
-                remove_run(_token)
-    os._exit(1)
-
-
-def _seed_globals(seed: int, position: int, slot: int, incarnation: int) -> None:
-    """Distinct global `random` and NumPy legacy streams in every worker (a forked or
-    forkserver worker would otherwise repeat its siblings' draws)."""
-    sequence = np.random.SeedSequence([seed, position, slot, incarnation, os.getpid()])
-    state = sequence.generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-
-
-class ChildWork:
-    """The stage as a worker process sees it (`StageWork`): chunks come from the pipe."""
-
-    def __init__(self, spec: Spec, slot: int, tasks: Connection, results: Connection) -> None:
-        self.name = spec.name
-        self.kind = spec.kind
-        self.fn: Any = None
-        self.options = spec.options
-        self.ports = spec.ports
-        self.position = spec.position
-        self.seed = spec.seed
-        self.start_method: str | None = None
-        self.shm_budget = spec.budget
-        self.slot = slot
-        self.parent = spec.parent
-        self._tasks = tasks
-        self._results = results
-        self._send_lock = threading.Lock()
-        self.pool = SlotPool(spec.token, spec.budget)
-        self.mapper = Mapper()
-        self._progress = attach(spec.progress)
-        # Where the worker's loop writes the position of the item it calls (see `Caller`).
-        self.mark = memoryview(self._progress)[16 * slot + 8 : 16 * slot + 16].cast("q")
-        self._queue: deque[Chunk] = deque()
-        self._done: list[tuple[Any, ...]] = []
-        self._outputs: list[tuple[bytes, list[Any]]] = []
-        self._first_output = 0.0
-        self._key: int | None = None
-        self._ready = False
-
-    # messages
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=5)
-        with self._send_lock:
-            self._results.send_bytes(data)
-
-    def _recv(self) -> tuple[Any, ...]:
-        message: tuple[Any, ...] = pickle.loads(self._tasks.recv_bytes())
-        return message
-
-    def _mark(self, seq: int) -> None:
-        struct.pack_into("<q", self._progress, 16 * self.slot, seq)
-
-    # call stages
-
-    def next_chunk(self, block: bool = True) -> Chunk | None:
-        if not self._ready:
-            self._ready = True
-            self.send(("ready",))  # set up: a timed item's clock may start
-        while True:
-            if not self._queue:
-                self._mark(_IDLE)
-                if self._done:
-                    self.send(("done", self._done))
-                    self._done = []
-                message = self._recv()
-                if message[0] != "calls":
-                    return None
-                for seq, keys, split, data, places in message[1]:
-                    chunk = self._unpack(seq, keys, split, data, places)
-                    if chunk is not None:
-                        self._queue.append(chunk)
-                continue
-            chunk = self._queue.popleft()
-            self._mark(chunk.seq)
-            return chunk
-
-    def _unpack(
-        self, seq: int, keys: Sequence[int], split: bool, data: Any, places: list[Any]
-    ) -> Chunk | None:
-        """The chunk a message entry carries; None when it could not be unpickled whole (the
-        parent then sends it again item by item, to find the item)."""
-        if not split:
-            try:
-                values = decode(data, places, self.mapper)
-            except BaseException:
-                self._done.append((seq, "again"))
-                return None
-            return Chunk(seq, keys, values, split=False)
-        good_keys, good_values, failures = [], [], []
-        for key, part in zip(keys, data, strict=True):
-            try:
-                good_values.append(decode(part[0], part[1], self.mapper))
-                good_keys.append(key)
-            except BaseException as exc:
-                error = _TransitError(f"item {key} could not be unpickled in the worker", exc)
-                failures.append(Failure(key, error, format_traceback(exc)))
-        return Chunk(seq, good_keys, good_values, failures=failures, split=True)
-
-    def finish(self, done: Done) -> None:
-        chunk = done.chunk
-        errors = [_failure_entry(f) for f in chunk.failures + done.errors]
-        outputs: list[tuple[Any, ...]] = []
-        if not chunk.split:
-            try:
-                for keys, values in done.outputs:
-                    data, places = encode(values, self.pool, self.parent, cloudpickle.dumps)
-                    outputs.append((keys, False, data, places))
-            except BaseException:
-                outputs = []
-                chunk.split = True
-        completed = done.completed
-        if chunk.split:  # one by one: an output that cannot be pickled fails its item only
-            outputs, bad = [], set()
-            for keys, values in done.outputs:
-                parts: list[Any] = []
-                for key, value in zip(keys, values, strict=True):
-                    try:
-                        parts.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
-                    except BaseException as exc:
-                        parts.append(None)
-                        if key not in bad:
-                            bad.add(key)
-                            error = _TransitError(
-                                f"the result of item {key} could not be pickled", exc
-                            )
-                            errors.append(
-                                _failure_entry(Failure(key, error, format_traceback(exc)))
-                            )
-                outputs.append((keys, True, parts, []))
-            completed -= len(bad)
-        self._done.append(
-            (chunk.seq, "done", outputs, completed, done.dropped, errors, done.busy_s)
-        )
-        # The outputs are copied out: let go of them (and the input) now, not when the loop
-        # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
-        done.outputs = []
-        chunk.values = []
-
-    # stream stages
-
-    def stream_inputs(self) -> Iterator[Any]:
-        while True:
-            if self._outputs and not self._tasks.poll():
-                self.flush()  # about to wait: what is made so far goes out first
-            message = self._recv()
-            if message[0] != "items":
-                return
-            keys, data, places = message[1]
-            for key, value in zip(keys, decode(data, places, self.mapper), strict=True):
-                self._key = key
-                set_item(self.seed, self.position, key)
-                yield value
-
-    def emit(self, value: Any) -> None:
-        if not self._outputs:
-            self._first_output = time.monotonic()
-        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
-        if len(self._outputs) >= MAX_BATCH or time.monotonic() - self._first_output > FLUSH_S:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._outputs:
-            outputs, self._outputs = self._outputs, []
-            self.send(("out", outputs))
-
-    def forward(self) -> None:
-        raise AssertionError("pass-through stages run in the parent")
-
-    def stream_chunks(self) -> Iterator[tuple[Sequence[int], list[Any]]]:
-        raise AssertionError("a worker process reads its items from the pipe")
-
-    def stream_failed(self, error: BaseException, tb: str) -> None:
-        self.flush()
-        self.send(("failed", _dump_error(error), tb, self._key))
-
-    def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
-        self.send(("setup", _dump_error(error), tb))
-
-    def worker_exited(self) -> None:
-        pass
-
-    def close(self) -> None:
-        """The job is over: let go of its shared memory (the parent removes the files)."""
-        self.mark.release()
-        with contextlib.suppress(BufferError, ValueError):
-            self._progress.close()
-        self.pool.close()
-        self.mapper.close()
-
-    def on_cancel(self, callback: Any) -> None:
-        pass
-
-    def set_window(self, chunks: int) -> None:
-        pass
-
-
-class _TransitError(Exception):
-    """An item or result that could not cross between processes."""
-
-    def __init__(self, what: str, cause: BaseException) -> None:
-        super().__init__(f"{what}: {type(cause).__name__}: {shorten(str(cause), 300)}")
-
-
-def _dump_error(error: BaseException) -> bytes:
-    """The exception as bytes for the parent: the exception itself when it pickles whole; else
-    its class, args and the attributes that pickle, to rebuild it without calling
-    ``__init__`` (a class whose ``__init__`` does not take its ``args`` is common); with its
-    type name and message, for a `RemoteError` when even the class cannot travel."""
-    name = f"{type(error).__module__}.{type(error).__qualname__}"
-    message = shorten(str(error))
-    payload: bytes | None = None
-    try:
-        payload = bytes(cloudpickle.dumps(error, protocol=5))
-        pickle.loads(payload)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
-    except BaseException:
-        state = {k: v for k, v in vars(error).items() if _pickles(v)}
-        try:
-            payload = bytes(cloudpickle.dumps((_REBUILD, type(error), error.args, state), 5))
-        except BaseException:
-            payload = None
-    return pickle.dumps((payload, name, message), protocol=5)
-
-
-_REBUILD = "headrace-rebuild"
-
-
-def _pickles(value: Any) -> bool:
-    try:
-        cloudpickle.dumps(value)
-    except BaseException:
-        return False
-    return True
-
-
-def _failure_entry(failure: Failure) -> tuple[int, bytes, str]:
-    return (failure.key, _dump_error(failure.error), failure.traceback)
-
-
-class PipeLogHandler(logging.Handler):
-    """Sends a worker's log records to the parent, which hands them to its own handlers."""
-
-    def __init__(self, child: ChildWork) -> None:
-        super().__init__()
-        self._child = child
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            fields = {k: v for k, v in fields.items() if _picklable(v)}
-            self._child.send(("log", fields))
-        except Exception:
-            self.handleError(record)
+from ._protocol import (
+    _IDLE,
+    BIG_RESULT,
+    CRASH_LOOP,
+    CRASH_WINDOW_S,
+    DEPTH,
+    PIPE_BYTES,
+    PIPE_SAFE,
+    STOP_GRACE_S,
+    Spec,
+    _load_error,
+    _TransitError,
+)
+from ._start import _context, default_start_method
+from ._warm import WARM
+from ._worker import worker_main
 
 
 def _grow_pipe(conn: Connection) -> int:
@@ -550,10 +83,6 @@ def _grow_pipe(conn: Connection) -> int:
         return int(fcntl.fcntl(conn.fileno(), fcntl.F_GETPIPE_SZ))
     except (ImportError, AttributeError, OSError):
         return 2 * PIPE_SAFE
-
-
-def _picklable(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool | tuple)
 
 
 # --- the parent side ---------------------------------------------------------------------------
@@ -1193,97 +722,3 @@ def _kill_all(procs: dict[int, Proc], token: str | None) -> None:
             proc.process.join(1.0)
     if token is not None:
         remove_run(token)
-
-
-def _load_error(data: bytes) -> BaseException:
-    """The exception `_dump_error` sent: with its own type whenever its class can be had here
-    (rebuilt without ``__init__`` if need be); else a `RemoteError` with its type name."""
-    payload, name, message = pickle.loads(data)
-    try:
-        error = pickle.loads(payload) if payload is not None else None
-    except Exception:
-        error = None
-    if isinstance(error, tuple) and len(error) == 4 and error[0] == _REBUILD:
-        error = _rebuild(error[1], error[2], error[3])
-    if isinstance(error, BaseException):
-        return error
-    return RemoteError(name, message)
-
-
-def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException | None:
-    try:
-        error = cls.__new__(cls)
-        error.args = args
-        error.__dict__.update(state)
-    except Exception:
-        return None
-    return error if isinstance(error, BaseException) else None
-
-
-class WarmWorkers:
-    """Idle worker processes kept for the next run of this program, per start method.
-
-    A worker that finished its job cleanly (its stage's input ended and it said so) is given
-    back here; the next process stage takes it instead of starting a process (which costs a
-    fork and the imports of the stage's function). A worker idle for `IDLE_S` seconds exits by
-    itself; all of them end when the interpreter exits. A worker of a failed or cancelled run
-    is never kept.
-    """
-
-    def __init__(self) -> None:
-        self._idle: dict[str, list[Proc]] = {}
-        self._lock = threading.Lock()
-        self._finalizer: Any = None
-
-    def take(self, method: str) -> Proc | None:
-        with self._lock:
-            procs = self._idle.get(method, [])
-            stale = []
-            found = None
-            while procs and found is None:
-                proc = procs.pop()
-                fresh = time.monotonic() - proc.idle_since < IDLE_S - IDLE_MARGIN_S
-                if fresh and proc.process.is_alive():
-                    found = proc
-                else:
-                    stale.append(proc)
-        for proc in stale:
-            proc.stop(0.0)
-        return found
-
-    def give(self, proc: Proc) -> None:
-        proc.idle_since = time.monotonic()
-        with self._lock:
-            procs = self._idle.setdefault(proc.method, [])
-            keep = len(procs) < MAX_WARM
-            if keep:
-                procs.append(proc)
-            if self._finalizer is None:
-                self._finalizer = multiprocessing.util.Finalize(None, self.release, exitpriority=90)
-        if not keep:
-            proc.stop(0.0)
-
-    def count(self) -> int:
-        with self._lock:
-            return sum(len(procs) for procs in self._idle.values())
-
-    def release(self) -> None:
-        """End every idle worker now (at interpreter exit; tests that count processes)."""
-        with self._lock:
-            procs = [proc for procs in self._idle.values() for proc in procs]
-            self._idle.clear()
-        for proc in procs:
-            with contextlib.suppress(OSError, ValueError):
-                proc.alive.send_bytes(b"stop")
-        for proc in procs:
-            proc.stop(STOP_GRACE_S)
-
-
-#: The idle workers of this program.
-WARM = WarmWorkers()
-
-
-def release_warm() -> None:
-    """End the idle worker processes kept for later runs (they also end on their own after
-    `IDLE_S` seconds, and at interpreter exit)."""
-    WARM.release()

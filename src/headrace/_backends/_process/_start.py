@@ -1,0 +1,55 @@
+"""Start methods: which one, and its context (the forkserver preloads what workers need)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util
+import os
+import threading
+import warnings
+from typing import Any
+
+from . import _forkserver
+from ._protocol import ENV_START_METHOD, START_METHODS
+
+
+def default_start_method() -> str:
+    """The start method when none is given: $HEADRACE_START_METHOD, else the one that is safe
+    with threads (forkserver where it exists, spawn elsewhere)."""
+    method = os.environ.get(ENV_START_METHOD)
+    if method:
+        if method not in START_METHODS:
+            raise ValueError(f"${ENV_START_METHOD} must be one of {START_METHODS}, got {method!r}")
+        return method
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+def _context(method: str) -> Any:
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method {method!r} is not available here")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            # Workers fork from a server that has imported headrace and numpy once, and that
+            # dies with this program (see `_forkserver`) when its main thread starts it.
+            if threading.current_thread() is threading.main_thread():
+                os.environ[_forkserver.PARENT_ENV] = str(os.getpid())
+            else:
+                os.environ.pop(_forkserver.PARENT_ENV, None)
+            worker = f"{__package__}._worker"  # what every worker runs
+            ctx.set_forkserver_preload([_forkserver.__name__, "__main__", worker])
+    elif method == "fork":
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:
+            warnings.warn(
+                f"start_method='fork' with other threads running ({', '.join(others[:5])}): a "
+                "forked worker may deadlock on a lock one of them held. Use 'forkserver'.",
+                RuntimeWarning,
+                stacklevel=6,
+            )
+    return ctx

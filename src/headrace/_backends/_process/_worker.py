@@ -1,0 +1,364 @@
+"""The worker program: runs the stages its parent gives it, one job after another.
+
+    parent                                      worker process
+    ------                                      --------------
+    ("job", spec) ------------------------->    _run_job(): ChildWork (`StageWork` over the
+    ("calls", chunks) --------------------->      pipes), run_calls / run_stream (`_base`)
+                   <------------------------    ("done", results) / ("out", outputs), logs
+    ("end",) ------------------------------>    ("idle",): ready for the next job
+    alive pipe: "stop" or EOF ------------->    exits at once (watcher thread)
+
+It ignores SIGINT (Ctrl-C is the parent's), dies with its parent (EOF on the alive pipe, and
+PR_SET_PDEATHSIG), writes the position of the item it calls on the shared progress board (so a
+crash names the item), and forwards its `logging` records to the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import pickle
+import random
+import signal
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ..._errors import format_traceback
+from ..._shm import (
+    Mapper,
+    SlotPool,
+    attach,
+    decode,
+    encode,
+    remove_run,
+)
+from ..._stages import STREAM_KINDS
+from .._base import (
+    Chunk,
+    Done,
+    Failure,
+    run_calls,
+    run_stream,
+    set_item,
+)
+from ._protocol import (
+    _IDLE,
+    _M_MMAP_THRESHOLD,
+    _PR_SET_PDEATHSIG,
+    FLUSH_S,
+    IDLE_S,
+    MAX_BATCH,
+    Spec,
+    _dump_error,
+    _failure_entry,
+    _TransitError,
+)
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+def worker_main(tasks: Connection, results: Connection, alive: Connection, deathsig: bool) -> None:
+    """The body of a worker process: run the stages it is given, one job after another; exit
+    when told, when the parent is gone, or after `IDLE_S` seconds without a job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if deathsig:
+        _die_with_parent()
+    _return_freed_memory()
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    try:
+        while tasks.poll(IDLE_S):
+            message = pickle.loads(tasks.recv_bytes())
+            if message[0] != "job":
+                return
+            _run_job(message[1], message[2], message[3], tasks, results)
+            results.send_bytes(pickle.dumps(("idle",), protocol=5))
+    except (EOFError, OSError):
+        pass  # the parent closed the pipes: the run is over
+
+
+def _run_job(
+    spec: Spec, slot: int, incarnation: int, tasks: Connection, results: Connection
+) -> None:
+    """One stage's work in this worker, from its setup to the parent's end message."""
+    global _token
+    _token = spec.token
+    child = ChildWork(spec, slot, tasks, results)
+    _seed_globals(spec.seed, spec.position, slot, incarnation)
+    logging.getLogger().handlers[:] = [PipeLogHandler(child)]
+    logging.getLogger().setLevel(spec.log_level)
+    try:
+        try:
+            child.fn = cloudpickle.loads(spec.fn)
+        except BaseException as exc:
+            child.setup_failed(exc, format_traceback(exc))
+            return
+        if spec.kind in STREAM_KINDS:
+            run_stream(child)
+            child.flush()
+            child.send(("finished",))
+        else:
+            run_calls(child, mark=child.mark)
+    finally:
+        child.close()
+
+
+#: The run token of the job this worker runs (its segments are removed if the parent dies).
+_token: str | None = None
+
+
+def _return_freed_memory() -> None:
+    """Large blocks come from mmap and go back to the system when freed. glibc otherwise raises
+    its mmap threshold after the first free, and a worker making 8 MiB arrays keeps 8-16 MiB
+    of freed heap for good (the "worker whose memory grows")."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 2**20)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _watch_parent(alive: Connection) -> None:
+    """Exit at once when the parent says stop on this pipe, or when the pipe reaches EOF: the
+    parent is gone, and this worker removes the run's shared memory on its way out."""
+    try:
+        alive.recv_bytes()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            if _token is not None:
+                remove_run(_token)
+    os._exit(1)
+
+
+def _seed_globals(seed: int, position: int, slot: int, incarnation: int) -> None:
+    """Distinct global `random` and NumPy legacy streams in every worker (a forked or
+    forkserver worker would otherwise repeat its siblings' draws)."""
+    sequence = np.random.SeedSequence([seed, position, slot, incarnation, os.getpid()])
+    state = sequence.generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+
+
+class ChildWork:
+    """The stage as a worker process sees it (`StageWork`): chunks come from the pipe."""
+
+    def __init__(self, spec: Spec, slot: int, tasks: Connection, results: Connection) -> None:
+        self.name = spec.name
+        self.kind = spec.kind
+        self.fn: Any = None
+        self.options = spec.options
+        self.ports = spec.ports
+        self.position = spec.position
+        self.seed = spec.seed
+        self.start_method: str | None = None
+        self.shm_budget = spec.budget
+        self.slot = slot
+        self.parent = spec.parent
+        self._tasks = tasks
+        self._results = results
+        self._send_lock = threading.Lock()
+        self.pool = SlotPool(spec.token, spec.budget)
+        self.mapper = Mapper()
+        self._progress = attach(spec.progress)
+        # Where the worker's loop writes the position of the item it calls (see `Caller`).
+        self.mark = memoryview(self._progress)[16 * slot + 8 : 16 * slot + 16].cast("q")
+        self._queue: deque[Chunk] = deque()
+        self._done: list[tuple[Any, ...]] = []
+        self._outputs: list[tuple[bytes, list[Any]]] = []
+        self._first_output = 0.0
+        self._key: int | None = None
+        self._ready = False
+
+    # messages
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=5)
+        with self._send_lock:
+            self._results.send_bytes(data)
+
+    def _recv(self) -> tuple[Any, ...]:
+        message: tuple[Any, ...] = pickle.loads(self._tasks.recv_bytes())
+        return message
+
+    def _mark(self, seq: int) -> None:
+        struct.pack_into("<q", self._progress, 16 * self.slot, seq)
+
+    # call stages
+
+    def next_chunk(self, block: bool = True) -> Chunk | None:
+        if not self._ready:
+            self._ready = True
+            self.send(("ready",))  # set up: a timed item's clock may start
+        while True:
+            if not self._queue:
+                self._mark(_IDLE)
+                if self._done:
+                    self.send(("done", self._done))
+                    self._done = []
+                message = self._recv()
+                if message[0] != "calls":
+                    return None
+                for seq, keys, split, data, places in message[1]:
+                    chunk = self._unpack(seq, keys, split, data, places)
+                    if chunk is not None:
+                        self._queue.append(chunk)
+                continue
+            chunk = self._queue.popleft()
+            self._mark(chunk.seq)
+            return chunk
+
+    def _unpack(
+        self, seq: int, keys: Sequence[int], split: bool, data: Any, places: list[Any]
+    ) -> Chunk | None:
+        """The chunk a message entry carries; None when it could not be unpickled whole (the
+        parent then sends it again item by item, to find the item)."""
+        if not split:
+            try:
+                values = decode(data, places, self.mapper)
+            except BaseException:
+                self._done.append((seq, "again"))
+                return None
+            return Chunk(seq, keys, values, split=False)
+        good_keys, good_values, failures = [], [], []
+        for key, part in zip(keys, data, strict=True):
+            try:
+                good_values.append(decode(part[0], part[1], self.mapper))
+                good_keys.append(key)
+            except BaseException as exc:
+                error = _TransitError(f"item {key} could not be unpickled in the worker", exc)
+                failures.append(Failure(key, error, format_traceback(exc)))
+        return Chunk(seq, good_keys, good_values, failures=failures, split=True)
+
+    def finish(self, done: Done) -> None:
+        chunk = done.chunk
+        errors = [_failure_entry(f) for f in chunk.failures + done.errors]
+        outputs: list[tuple[Any, ...]] = []
+        if not chunk.split:
+            try:
+                for keys, values in done.outputs:
+                    data, places = encode(values, self.pool, self.parent, cloudpickle.dumps)
+                    outputs.append((keys, False, data, places))
+            except BaseException:
+                outputs = []
+                chunk.split = True
+        completed = done.completed
+        if chunk.split:  # one by one: an output that cannot be pickled fails its item only
+            outputs, bad = [], set()
+            for keys, values in done.outputs:
+                parts: list[Any] = []
+                for key, value in zip(keys, values, strict=True):
+                    try:
+                        parts.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+                    except BaseException as exc:
+                        parts.append(None)
+                        if key not in bad:
+                            bad.add(key)
+                            error = _TransitError(
+                                f"the result of item {key} could not be pickled", exc
+                            )
+                            errors.append(
+                                _failure_entry(Failure(key, error, format_traceback(exc)))
+                            )
+                outputs.append((keys, True, parts, []))
+            completed -= len(bad)
+        self._done.append(
+            (chunk.seq, "done", outputs, completed, done.dropped, errors, done.busy_s)
+        )
+        # The outputs are copied out: let go of them (and the input) now, not when the loop
+        # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
+        done.outputs = []
+        chunk.values = []
+
+    # stream stages
+
+    def stream_inputs(self) -> Iterator[Any]:
+        while True:
+            if self._outputs and not self._tasks.poll():
+                self.flush()  # about to wait: what is made so far goes out first
+            message = self._recv()
+            if message[0] != "items":
+                return
+            keys, data, places = message[1]
+            for key, value in zip(keys, decode(data, places, self.mapper), strict=True):
+                self._key = key
+                set_item(self.seed, self.position, key)
+                yield value
+
+    def emit(self, value: Any) -> None:
+        if not self._outputs:
+            self._first_output = time.monotonic()
+        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+        if len(self._outputs) >= MAX_BATCH or time.monotonic() - self._first_output > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._outputs:
+            outputs, self._outputs = self._outputs, []
+            self.send(("out", outputs))
+
+    def forward(self) -> None:
+        raise AssertionError("pass-through stages run in the parent")
+
+    def stream_chunks(self) -> Iterator[tuple[Sequence[int], list[Any]]]:
+        raise AssertionError("a worker process reads its items from the pipe")
+
+    def stream_failed(self, error: BaseException, tb: str) -> None:
+        self.flush()
+        self.send(("failed", _dump_error(error), tb, self._key))
+
+    def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
+        self.send(("setup", _dump_error(error), tb))
+
+    def worker_exited(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """The job is over: let go of its shared memory (the parent removes the files)."""
+        self.mark.release()
+        with contextlib.suppress(BufferError, ValueError):
+            self._progress.close()
+        self.pool.close()
+        self.mapper.close()
+
+    def on_cancel(self, callback: Any) -> None:
+        pass
+
+    def set_window(self, chunks: int) -> None:
+        pass
+
+
+class PipeLogHandler(logging.Handler):
+    """Sends a worker's log records to the parent, which hands them to its own handlers."""
+
+    def __init__(self, child: ChildWork) -> None:
+        super().__init__()
+        self._child = child
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            fields["exc_info"] = None
+            fields = {k: v for k, v in fields.items() if _picklable(v)}
+            self._child.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
+def _picklable(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool | tuple)
