@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import headrace as hr
+from headrace._flow import MAX_CHUNK
+from headrace._stages import AUTO_ITEMS
 
 N = 40
 
@@ -422,8 +424,14 @@ def test_take_on_infinite_source_stops_upstream(
         out = list(run)
     assert out == [4 * i for i in range(7)]
     assert wait_no_threads() == []
-    # Upstream may fill its channels before it learns to stop, never more (RELIABILITY §5).
-    bound = 7 + sum(st.capacity + st.workers + 1 for st in run.report().stages)
+    # Upstream may fill its channels before it learns to stop, never more (RELIABILITY §5):
+    # each channel its capacity and one chunk, each worker a chunk in hand and one waiting.
+    bound = 7 + sum(
+        st.capacity + (2 * st.workers + 2) * min(st.capacity, MAX_CHUNK)
+        if st.capacity != AUTO_ITEMS
+        else st.capacity + (2 * st.workers + 2) * MAX_CHUNK
+        for st in run.report().stages
+    )
     assert pulled <= bound, f"the source was pulled {pulled} times for take(7)"
 
 
