@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -84,7 +84,7 @@ def test_stack_from_a_named_input() -> None:
 class Counter:
     """A class task: instantiated once per worker."""
 
-    made: list[int] = []
+    made: ClassVar[list[int]] = []
 
     def __init__(self) -> None:
         Counter.made.append(id(self))
@@ -242,5 +242,5 @@ def test_bad_outputs_and_layers_are_refused() -> None:
             job.stack([scale_layer])
         with pytest.raises(ValueError, match="not an output of this job"):
             job.stack([(scale_layer, [], "X")])
-        with pytest.raises(ValueError, match="not an array made by job.output"):
+        with pytest.raises(ValueError, match=r"not an array made by job\.output"):
             job.stack([(scale_layer, [], np.zeros(3))])
