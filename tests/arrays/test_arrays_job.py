@@ -3,6 +3,7 @@ workers are visible in the parent, and misuse gives clear errors."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -244,3 +245,20 @@ def test_bad_outputs_and_layers_are_refused() -> None:
             job.stack([(scale_layer, [], "X")])
         with pytest.raises(ValueError, match=r"not an array made by job\.output"):
             job.stack([(scale_layer, [], np.zeros(3))])
+
+
+def test_the_parent_unmaps_a_jobs_segments_when_it_ends() -> None:
+    # Without the cyclic garbage collector: a class made per call must not keep the arrays.
+    gc.disable()
+    try:
+        with hr.ArrayJob(X=np.ones(100_000), workers=2, backend="process") as job:
+            job.output("P", 10)
+            job.map(pid_and_value, range(4))
+            store = job._store
+            assert store is not None
+            token = store.token
+        del job
+        maps = Path("/proc/self/maps").read_text()
+    finally:
+        gc.enable()
+    assert f"/dev/shm/hr-{token}-" not in maps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keyword
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -328,5 +329,15 @@ class ArrayJob:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         label: str = name or str(getattr(fn, "__name__", type(fn).__name__))
-        worker = worker_class(fn, tuple(self._placements.values()), aliases)
-        return self._executor.run(worker, list(tasks), label)
+        local = self._executor.local
+        # Only a local worker needs the parent's arrays; a process worker maps them by name.
+        placements = tuple(
+            p if local else replace(p, array=None) for p in self._placements.values()
+        )
+        worker = worker_class(fn, placements, aliases)
+        try:
+            return self._executor.run(worker, list(tasks), label)
+        finally:
+            # A class made at run time lives until the cyclic garbage collector finds it; it
+            # must not keep the job's arrays (and their memory) alive until then.
+            worker.placements = ()
