@@ -134,6 +134,15 @@ def test_a_file_memmap_input_is_mapped_where_it_is(tmp_path: Path) -> None:
     assert not made  # no copy of the input in /dev/shm
 
 
+def test_a_copy_on_write_memmap_input_is_copied_with_its_changes(tmp_path: Path) -> None:
+    path = tmp_path / "X.npy"
+    np.save(path, np.zeros(4))
+    X = np.load(path, mmap_mode="c")
+    X[2] = 5.0  # only in this process's copy of the page
+    with hr.ArrayJob(X=X, backend="process") as job:
+        assert job.map(pid_and_value, [2])[0][1] == 5.0
+
+
 def test_an_array_too_large_for_dev_shm_goes_to_a_private_folder(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -108,6 +108,8 @@ def _file_memmap(array: np.ndarray[Any, Any]) -> tuple[str, int, Literal["C", "F
     base: object = array.base
     if not isinstance(array, np.memmap) or not isinstance(base, mmap.mmap):
         return None
+    if getattr(array, "mode", None) == "c":
+        return None  # copy-on-write: the caller's changes are not in the file
     filename = getattr(array, "filename", None)
     if not filename or not os.path.isfile(filename):
         return None
