@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-#: Hard deadline of one child interpreter, in seconds.
-DEADLINE_S = 40.0
+#: Hard deadline of one child interpreter, in seconds (a loaded 2-core machine needs seconds
+#: to start an interpreter with NumPy, its forkserver and two workers).
+DEADLINE_S = 50.0
 SHM = Path("/dev/shm")
 
 SCRIPT = """
@@ -132,6 +133,8 @@ class Scenario:
 
 
 STORAGES = ["shm", "file"]
+#: Each test runs one or two child interpreters, each within DEADLINE_S.
+pytestmark = pytest.mark.timeout(2 * DEADLINE_S + 20)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
