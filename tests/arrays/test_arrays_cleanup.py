@@ -25,7 +25,8 @@ DEADLINE_S = 50.0
 SHM = Path("/dev/shm")
 
 SCRIPT = """
-import json, os, signal, sys, time
+import faulthandler, json, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks on a hang
 from pathlib import Path
 import numpy as np
 import headrace as hr
@@ -113,9 +114,13 @@ class Scenario:
             out, err = self.proc.communicate(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2.0)
+            with contextlib.suppress(OSError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.communicate()
-            raise AssertionError("the job hung") from None
+            out, err = self.proc.communicate()
+            raise AssertionError(f"the job hung; its stacks:\n{err[-6000:]}") from None
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         assert lines, f"no result (rc {self.proc.returncode}): {err[-3000:]}"
         return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
