@@ -26,7 +26,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from .._core import GB, Case, Metric, Params, Result, Workload, backend  # noqa: E402
+from .._core import COLD_ENV, GB, Case, Metric, Params, Result, Workload, backend  # noqa: E402
 
 COLUMNS = 1024
 #: Columns of W per task: each task computes P[:, 4i:4i+4].
@@ -112,7 +112,8 @@ def _case_run(job: Callable[[Any, Any, int], Any], memmap: bool) -> Callable[[Pa
             path = make_input(Path(folder), p["mb"])
             X = np.load(path, mmap_mode="r") if memmap else np.load(path)
             W = weights(p["n"])
-            check(X, W[:, : 2 * BLOCK], job(X, W[:, : 2 * BLOCK], 2))  # start-up paid once
+            if os.environ.get(COLD_ENV) != "1":  # start-up paid once, outside the clock
+                check(X, W[:, : 2 * BLOCK], job(X, W[:, : 2 * BLOCK], 2))
             start = time.perf_counter()
             P = job(X, W, p["n"])
             seconds = time.perf_counter() - start
