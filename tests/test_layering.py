@@ -34,7 +34,7 @@ RANKS: dict[str, int] = {
     "_streams": 6,
     "_run": 6,
     "_files": 6,
-    "_arrays": 6,
+    "_arrays": 6,  # and every _arrays.* module
     "_monitor": 6,
     "_streamer": 6,  # stream sampling (DESIGN §2.4): Streamer, muxes, samplers, ZeroMQ
     "_mux": 6,
@@ -56,7 +56,7 @@ BACKENDS_BASE = "_backends._base"
 
 
 def rank_of(module: str) -> int | None:
-    for prefix in ("_backends", "compat"):
+    for prefix in ("_backends", "compat", "_arrays"):
         if module == prefix or module.startswith(prefix + "."):
             return RANKS[prefix]
     return RANKS.get(module)

@@ -27,10 +27,11 @@ DESIGN_NAMES = (
     "WorkerCrashedError",
     "StageTimeoutError",
     "ClosedError",
+    "ArrayJob",
 )
 
 #: Heavy or optional dependencies that ``import headrace`` must not import (DESIGN §2.9, STYLE).
-OPTIONAL_MODULES = ("ray", "torch", "rich", "graphviz", "zmq")
+OPTIONAL_MODULES = ("ray", "torch", "rich", "graphviz", "zmq", "sklearn")
 
 
 def _is_exported(value: object) -> bool:

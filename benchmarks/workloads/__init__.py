@@ -22,6 +22,7 @@ _WHERE = {
     "W5a": ("w5", "W5A"),
     "W5b": ("w5", "W5B"),
     "W6": ("w6", "WORKLOAD"),
+    "W7": ("w7", "WORKLOAD"),
     "P1": ("p1", "WORKLOAD"),
 }
 #: The physical references: run beside every suite run, not a workload of their own.

@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+from ._arrays import ArrayJob
 from ._background import ProcessStreamer
 from ._errors import (
     ClosedError,
@@ -34,6 +35,7 @@ from ._zmq import ZMQStreamer
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayJob",
     "ChainMux",
     "ClosedError",
     "ErrorRecord",
