@@ -4,9 +4,11 @@ Every module under ``src/headrace`` has a rank; a module may import only modules
 Exceptions: a backend may import ``_backends._base`` (and the ``_backends`` package may import
 its backends); in the other layers of more than one module (``PEER_RANKS``) a module may import
 one of its own layer as long as that forms no cycle; ``compat`` may import nothing private,
-only the package root and other ``compat`` modules. Imports under ``if TYPE_CHECKING:`` are
-ignored; imports inside functions count. A module file without a rank fails the test: give a
-new module its place here.
+only the package root and other ``compat`` modules. Domains (``DOMAINS``: one package each, or
+a module while it is small) sit above the core: a domain may import the core and its own
+modules, never another domain, and the core never imports a domain. Imports under
+``if TYPE_CHECKING:`` are ignored; imports inside functions count. A module file without a rank
+fails the test: give a new module its place here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 PACKAGE = "headrace"
 ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
-#: Module (relative to the package, "" for the package itself) -> rank, lowest first.
+#: Module (relative to the package, "" for the package itself) -> rank, lowest first. A name
+#: that is a package ranks every module inside it too.
 RANKS: dict[str, int] = {
     "_errors": 0,
     "_types": 1,
@@ -33,33 +36,34 @@ RANKS: dict[str, int] = {
     "_runner": 5,
     "_streams": 6,
     "_run": 6,
-    "_files": 6,
-    "_arrays": 6,  # and every _arrays.* module
     "_monitor": 6,
-    "_streamer": 6,  # stream sampling (DESIGN §2.4): Streamer, muxes, samplers, ZeroMQ
-    "_mux": 6,
-    "_samplers": 6,
-    "_wire": 6,
-    "_zmq": 6,
-    "_adapters": 6,
-    "_background": 6,
-    "": 7,  # __init__.py, the public API
-    "_cli": 7,
-    "__main__": 7,
-    "compat": 8,  # and every compat.* module
+    "_adapters": 6,  # Stream.to_torch
+    # The domains (DESIGN §3): each builds on the core, never on another domain.
+    "_sampling": 7,  # stream sampling (DESIGN §2.4): Streamer, muxes, samplers, ZeroMQ
+    "_files": 7,  # file jobs (DESIGN §2.5)
+    "_arrays": 7,  # shared arrays (DESIGN §2.6)
+    "": 8,  # __init__.py, the public API
+    "_cli": 8,  # and every _cli.* module: one per subcommand
+    "__main__": 8,
+    "compat": 9,  # and every compat.* module
 }
+#: The top-level names of the domains: the modules of one domain may import each other, but no
+#: domain may import another.
+DOMAINS = frozenset({"_sampling", "_files", "_arrays"})
 #: Ranks whose modules may import each other, as long as that forms no cycle. DESIGN §3 puts
 #: `_graph, _stages` and `_transport, _shm` side by side in one layer; the graph is built of
 #: stage descriptions, and the transport moves arrays through shared memory.
-PEER_RANKS = frozenset({2, 3, 6, 7, 8})
+PEER_RANKS = frozenset({2, 3, 6, 7, 8, 9})
 BACKENDS_BASE = "_backends._base"
 
 
+def top_of(module: str) -> str:
+    """``_sampling._mux`` -> ``_sampling``; ``""`` -> ``""``."""
+    return module.partition(".")[0]
+
+
 def rank_of(module: str) -> int | None:
-    for prefix in ("_backends", "compat", "_arrays"):
-        if module == prefix or module.startswith(prefix + "."):
-            return RANKS[prefix]
-    return RANKS.get(module)
+    return RANKS.get(top_of(module))
 
 
 def module_name(path: Path) -> str:
@@ -150,6 +154,8 @@ def _allowed(importer: str, target: str) -> bool:
         return True
     if theirs == mine == RANKS["_backends"]:
         return target == BACKENDS_BASE or importer == "_backends" or _same_backend(importer, target)
+    if top_of(importer) in DOMAINS or top_of(target) in DOMAINS:
+        return top_of(importer) == top_of(target)
     return theirs == mine and mine in PEER_RANKS
 
 
@@ -226,7 +232,19 @@ def test_no_import_cycles() -> None:
         ("_runner", "_backends._thread", True),
         ("_runner", "_monitor", False),
         ("_streams", "_monitor", True),
+        ("_sampling._mux", "_sampling._streamer", True),
+        ("_sampling._streamer", "_stages", True),
+        ("_sampling._background", "_streams", True),
+        ("_sampling._zmq", "_files", False),
+        ("_files", "_sampling", False),
+        ("_files._job", "_arrays._job", False),
+        ("_arrays", "_sampling._streamer", False),
+        ("_streams", "_sampling", False),
+        ("_runner", "_files._job", False),
+        ("_errors", "_arrays", False),
+        ("", "_sampling", True),
         ("_cli", "", True),
+        ("_cli.run", "_cli._common", True),
         ("", "_runner", True),
         ("compat.pescador", "", True),
         ("compat.pescador", "_runner", False),

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 import headrace as hr
-from headrace._wire import END, ERROR, ITEM, MAX_HEADER_BYTES, decode, encode, encode_end, tag_of
+from headrace._sampling._wire import (
+    END,
+    ERROR,
+    ITEM,
+    MAX_HEADER_BYTES,
+    decode,
+    encode,
+    encode_end,
+    tag_of,
+)
 
 KEY = b"k" * 32
 

@@ -13,9 +13,9 @@ Examples
 from __future__ import annotations
 
 from ._arrays import ArrayJob
-from ._background import ProcessStreamer
 from ._errors import (
     ClosedError,
+    FrameError,
     GraphError,
     HeadraceError,
     RemoteError,
@@ -23,14 +23,20 @@ from ._errors import (
     WorkerCrashedError,
 )
 from ._monitor import Report
-from ._mux import ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
 from ._run import Run
-from ._samplers import sample_npy, sample_npz
-from ._streamer import Streamer
+from ._sampling import (
+    ChainMux,
+    ProcessStreamer,
+    RoundRobinMux,
+    ShuffledMux,
+    StochasticMux,
+    Streamer,
+    ZMQStreamer,
+    sample_npy,
+    sample_npz,
+)
 from ._streams import Stream, from_iterable, merge, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
-from ._wire import FrameError
-from ._zmq import ZMQStreamer
 
 __version__ = "0.1.0"
 

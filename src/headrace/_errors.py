@@ -50,6 +50,11 @@ class ClosedError(HeadraceError):
     """A run, or something it owns, was used after it was closed."""
 
 
+class FrameError(HeadraceError, ValueError):
+    """A message from a background stream is malformed or not authentic (it is refused and
+    never unpickled)."""
+
+
 class RemoteError(HeadraceError):
     """A worker's exception that could not travel whole (its class cannot be pickled or
     rebuilt): keeps the original type name, message and traceback text."""

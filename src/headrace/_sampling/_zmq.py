@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ._errors import WorkerCrashedError, deliver, format_traceback
+from .._errors import WorkerCrashedError, deliver, format_traceback
 from ._streamer import Streamer, as_streamer, check_max_items, check_positive
 from ._wire import END, ERROR, decode, encode, encode_end
 
@@ -222,7 +222,8 @@ def _start(python: str) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
     paths = [p for p in sys.path if isinstance(p, str)]
     code = (
         f"import sys; sys.path[:0] = {paths!r}; "
-        f"from headrace._zmq import background_main; background_main({control_r}, {status_w})"
+        "from headrace._sampling._zmq import background_main; "
+        f"background_main({control_r}, {status_w})"
     )
     try:
         proc = subprocess.Popen(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stages import batch_body, rebatch_body
+from .._stages import batch_body, rebatch_body
 
 log = logging.getLogger("headrace")
 

@@ -1,11 +1,12 @@
 """The wire format of background streaming: an item as a small header plus raw array bytes.
 
-Owns: `encode` / `decode` of one item into ZeroMQ frames, the dtype allowlist, and
-`FrameError`. A message is ``[tag, header, buffer, ...]``: the header is JSON (the item's
-structure, and for each array its dtype, shape and order), the tag its HMAC-SHA256 under a
-per-run random key, and each buffer the raw bytes of one array (or one bytes object). Nothing
-is unpickled unless the reader allows pickle, and then only a buffer whose SHA-256 the
-authenticated header names (RELIABILITY.md, Security). Imports only `_errors`.
+Owns: `encode` / `decode` of one item into ZeroMQ frames and the dtype allowlist; a bad message
+raises `FrameError` (from `_errors`). A message is ``[tag, header, buffer, ...]``: the header
+is JSON (the item's structure, and for each array its dtype, shape and order), the tag its
+HMAC-SHA256 under a per-run random key, and each buffer the raw bytes of one array (or one
+bytes object). Nothing is unpickled unless the reader allows pickle, and then only a buffer
+whose SHA-256 the authenticated header names (RELIABILITY.md, Security). Imports only the core's
+`_errors`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import HeadraceError
+from .._errors import FrameError
 
 VERSION = 1
 ITEM, END, ERROR = "item", "end", "error"
@@ -37,11 +38,6 @@ MAX_NDIM = 64
 ALLOWED_KINDS = frozenset("biufcSUmM")
 _DTYPE = re.compile(r"^[<>|=]([biufc][1-9][0-9]?|[SU][1-9][0-9]{0,8}|[mM]8(\[[0-9]*[a-zA-Z]+\])?)$")
 _SCALARS = (type(None), bool, int, float, str)
-
-
-class FrameError(HeadraceError, ValueError):
-    """A message from a background stream is malformed or not authentic (it is refused and
-    never unpickled)."""
 
 
 def allowed_dtype(text: object) -> np.dtype[Any]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .._streams import from_iterable
 from ._streamer import Streamer, as_streamer, check_max_items
-from ._streams import from_iterable
 
 
 class _Drain:
