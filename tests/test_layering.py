@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "_transport": 3,
     "_shm": 3,
     "_flow": 3,  # the runner's parts: window, reorder buffer, chunk sizes, source reader
+    "_tempdirs": 3,
     "_backends": 4,  # and every _backends.* module
     "_runner": 5,
     "_streams": 6,

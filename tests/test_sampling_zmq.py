@@ -100,13 +100,16 @@ def test_tcp_transport_on_loopback() -> None:
 def test_the_ipc_directory_is_private_and_removed() -> None:
     def socket_dirs():
         tmp = tempfile.gettempdir()
-        return [os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith("headrace-zmq-")]
+        mine = f"headrace-{os.getpid()}-zmq-"  # the owner's pid in the name: see _tempdirs
+        return [os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith(mine)]
 
     it = iter(hr.ZMQStreamer(hr.Streamer(endless)))
-    next(it)
-    (where,) = socket_dirs()
-    assert stat.S_IMODE(os.stat(where).st_mode) == 0o700
-    it.close()
+    try:
+        next(it)
+        (where,) = socket_dirs()
+        assert stat.S_IMODE(os.stat(where).st_mode) == 0o700
+    finally:
+        it.close()
     assert socket_dirs() == []
 
 
@@ -153,7 +156,7 @@ def test_a_forged_message_from_another_process_is_refused() -> None:
     it = iter(hr.ZMQStreamer(hr.Streamer(endless), prefetch=1))
     next(it)
     tmp = tempfile.gettempdir()
-    (where,) = [d for d in os.listdir(tmp) if d.startswith("headrace-zmq-")]
+    (where,) = [d for d in os.listdir(tmp) if d.startswith(f"headrace-{os.getpid()}-zmq-")]
     context = zmq.Context()
     try:
         push = context.socket(zmq.PUSH)

@@ -27,11 +27,11 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from .. import _tempdirs
 from .._errors import WorkerCrashedError, deliver, format_traceback
 from ._streamer import Streamer, as_streamer, check_max_items, check_positive
 from ._wire import END, ERROR, decode, encode, encode_end
@@ -154,7 +154,7 @@ class ZMQStreamer(Streamer):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.prefetch)
             if self.transport == "ipc":
-                tmpdir = tempfile.mkdtemp(prefix="headrace-zmq-")  # mode 0700
+                tmpdir = _tempdirs.make("zmq")  # mode 0700
                 address = f"ipc://{os.path.join(tmpdir, 's')}"
                 sock.bind(address)
             else:
