@@ -43,7 +43,7 @@ def _assert_demo_ran(done: subprocess.CompletedProcess[str], out: Path, tmpdir: 
     assert dot.is_file(), done.stdout
     assert dot.read_text(encoding="utf-8").lstrip().startswith("digraph")
     assert str(dot) in done.stdout
-    left = sorted(p.name for p in tmpdir.glob("headrace-demo-*"))
+    left = sorted(p.name for p in tmpdir.glob("headrace-*"))
     assert not left, f"the demo left its data behind: {left}"
 
 
@@ -113,3 +113,24 @@ def test_bad_item_count_is_refused() -> None:
     done = _headrace("demo", "--items", "0")
     assert done.returncode == 2
     assert "--items" in done.stderr
+
+
+def test_help_lists_every_command_with_an_example() -> None:
+    from headrace._cli import COMMANDS
+
+    done = _headrace("--help")
+    assert done.returncode == 0, done.stderr
+    for name in COMMANDS:
+        assert name in done.stdout
+        sub = _headrace(name, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert f"example:\n  headrace {name}" in sub.stdout, sub.stdout
+
+
+def test_every_subcommand_module_is_registered() -> None:
+    """A subcommand is one module in headrace/_cli/ plus its name in COMMANDS."""
+    from headrace import _cli
+
+    modules = {p.stem for p in Path(_cli.__file__).parent.glob("*.py")}
+    commands = {m for m in modules if not m.startswith("_")}
+    assert commands == set(_cli.COMMANDS)
