@@ -174,7 +174,11 @@ def main(args: argparse.Namespace) -> int:
         return _failed(exc)
     progress = progress_wanted(NAME, args.progress)
     try:
-        run = hr.Run([_terminal(s) for s in streams], progress=progress, seed=args.seed)
+        run = hr.Run(
+            [(s._node, s._port) for s in map(_terminal, streams)],  # what hr.run hands to Run
+            progress=progress,
+            seed=args.seed,
+        )
     except Exception as exc:  # an invalid graph or option, a function that cannot be sent
         return _failed(exc)
     error: BaseException | None = None
