@@ -164,4 +164,6 @@ def test_ctrl_c_exits_130(folder: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, out + err
     assert "headrace run: interrupted" in err
-    assert "mark" in out  # the report of what ran
+    # The report of what ran is printed when the interrupt lands after the run has started;
+    # the stage can print "started" while the run is still being set up.
+    assert out == "" or "mark" in out, out
