@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
         backend=args.backend,
         repeats=args.repeats,
         memory=args.memory,
+        cold=args.cold,
         command=" ".join(["headrace", *args.argv]),
     )
     return int(code)
@@ -88,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         metavar="NAME",
-        help="only these workloads (W1 W2a W2b W3 W5a W5b W6 P1; default: all)",
+        help="only these workloads (W1 W1t W2a W2b W3 W5a W5b W6 P1 and the domains'; "
+        "default: all)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
     parser.add_argument(
@@ -115,4 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="sample peak memory in a separate run per case (default: yes, except --quick)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm-up: time each case's first job, as a one-shot script pays it",
     )
