@@ -461,11 +461,14 @@ class PipeSystem:
         for pipe in self.pipes:
             graph.node(str(id(pipe)), names[id(pipe)])
         edges: set[tuple[str, str]] = set()
+        drawn: set[int] = set()
         for pipe in self.pipes:
             for stream in pipe.downstreams:
                 readers = [p for p in self.pipes if _has(p.upstreams, stream)]
                 if draw_streams:
-                    graph.node(str(id(stream)), stream.name, shape="rectangle")
+                    if id(stream) not in drawn:
+                        drawn.add(id(stream))
+                        graph.node(str(id(stream)), stream.name, shape="rectangle")
                     edges.add((str(id(pipe)), str(id(stream))))
                     edges.update((str(id(stream)), str(id(r))) for r in readers)
                 else:
