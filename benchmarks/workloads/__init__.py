@@ -23,6 +23,8 @@ _WHERE = {
     "W5b": ("w5", "W5B"),
     "W6": ("w6", "WORKLOAD"),
     "P1": ("p1", "WORKLOAD"),
+    "C1": ("compat", "C1"),
+    "C2": ("compat", "C2"),
 }
 #: The physical references: run beside every suite run, not a workload of their own.
 REFERENCES = "REF"
