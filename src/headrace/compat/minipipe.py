@@ -107,7 +107,7 @@ class Pipe:
     def __init__(
         self,
         functor_obj: Any,
-        name: str = "Pipe",
+        name: str | None = None,
         upstreams: list[Stream] | None = None,
         downstreams: list[Stream] | None = None,
         ignore_exceptions: list[type[BaseException]] | None = None,
@@ -115,9 +115,9 @@ class Pipe:
     ) -> None:
         for stream in [*(upstreams or []), *(downstreams or [])]:
             if not isinstance(stream, Stream):
-                raise TypeError(f"{name}: upstreams and downstreams take Streams, got {stream!r}")
+                raise TypeError(f"upstreams and downstreams take Streams, got {stream!r}")
         self.functor_obj = functor_obj
-        self.name = name
+        self.name = name or type(self).__name__  # Minipipe's default: the segment's kind
         self.upstreams: list[Stream] = list(upstreams or [])
         self.downstreams: list[Stream] = list(downstreams or [])
         self.ignore_exceptions = list(ignore_exceptions or [])
@@ -161,17 +161,6 @@ class Source(Pipe):
 class Transform(Pipe):
     """Calls its functor with one item from each upstream; a ``None`` result is dropped."""
 
-    def __init__(
-        self,
-        functor_obj: Any,
-        name: str = "Transform",
-        upstreams: list[Stream] | None = None,
-        downstreams: list[Stream] | None = None,
-        ignore_exceptions: list[type[BaseException]] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(functor_obj, name, upstreams, downstreams, ignore_exceptions, init_kwargs)
-
 
 class Regulator(Transform):
     """A coroutine (``x = (yield)``, then any number of outputs) that changes the item rate.
@@ -180,17 +169,6 @@ class Regulator(Transform):
     """
 
     kind = "regulator"
-
-    def __init__(
-        self,
-        functor_obj: Any,
-        name: str = "Regulator",
-        upstreams: list[Stream] | None = None,
-        downstreams: list[Stream] | None = None,
-        ignore_exceptions: list[type[BaseException]] | None = None,
-        init_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(functor_obj, name, upstreams, downstreams, ignore_exceptions, init_kwargs)
 
 
 class Sink(Pipe):
