@@ -119,8 +119,7 @@ def test_the_PipeLine_toy_example_runs_on_process_workers():
 
     got = figures(pline)
     assert got["source"][1] == 10  # ten arrays of 10
-    assert got["batcher:chunk"][0] == 10  # process stream stages take chunks of items
-    assert got["batcher"][1] == 50  # each array cut into five batches of 2
+    assert got["batcher"] == (10, 50)  # each array cut into five batches of 2
     assert got["sum"] == (50, 50)
     assert got["print"][0] == 50
     stage = pline.report().stage("sum")
@@ -147,7 +146,7 @@ def test_the_PipeSystem_toy_example_runs_on_process_workers():
 
     got = figures(psys)
     assert got["source1"][1] == 20  # two sources feed s1
-    assert (got["batcher:chunk"][0], got["batcher"][1]) == (20, 100)
+    assert got["batcher"] == (20, 100)
     assert got["sum"] == (100, 100)  # three competing copies: one stage of 3 workers
     assert got["split"] == (100, 100)
     assert got["print_gt_1"][0] + got["print_lt_1"][0] == 100

@@ -46,9 +46,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 QUEUE_TYPES = ("multiprocessing.queue", "multiprocessing.simplequeue")
 #: Channels of at most this many items get headrace's default size instead (see `_Graph`).
 CHANNEL_FLOOR = 64
-#: Items per message to a process segment that runs as a stream stage (a Regulator, a functor
-#: with ``run``): one message per item made the toy PipeLine of benchmark C1 ~3x slower.
-PROCESS_CHUNK = 32
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(pname)s - %(message)s"
 
 
@@ -222,12 +219,6 @@ def _segment_body(
         log.info("Local termination", extra=extra)
 
     return body
-
-
-def _unchunked(
-    body: Callable[[Iterator[Any]], Iterator[Any]],
-) -> Callable[[Iterator[list[Any]]], Iterator[Any]]:
-    return lambda chunks: body(itertools.chain.from_iterable(chunks))
 
 
 def _stateful(functor: Any) -> bool:
@@ -631,10 +622,6 @@ class _Graph:
             body = _segment_body(
                 pipe.kind, functor, pipe.init_kwargs, self.names[g], ignore, self.level, len(ups)
             )
-            if options["backend"] == "process" and pipe.kind != "source":
-                # A process stream stage takes its input one item per message: send chunks.
-                stream = stream.batch(PROCESS_CHUNK, collate=None, name=f"{self.names[g]}:chunk")
-                body = _unchunked(body)
             out = stream.transform(body, **options)
         if len(downs) <= 1:
             outs = [out]
