@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REPEATS, QUICK_REPEATS = 5, 1
 #: Seconds a single child may take before it is killed and its case reported as failed.
 TIMEOUT_S, QUICK_TIMEOUT_S = 300.0, 60.0
-PEERS = ("joblib", "mpire", "pypeln", "torch", "pescador")
+PEERS = ("joblib", "mpire", "pypeln", "torch", "pescador", "minipipe", "neuraxle")
 INSTALL_HINT = 'pip install -e ".[bench]"'
 
 

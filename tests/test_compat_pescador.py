@@ -691,3 +691,27 @@ def test_the_mux_submodule_imports() -> None:
 
     assert SubMux is pescador.mux.Mux is Mux
     assert os.path.basename(pescador.__file__) == "pescador.py"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rs: pescador.StochasticMux(
+            [Streamer(list(range(i, 100, 3))) for i in range(3)], 2, rate=4, random_state=rs
+        ),
+        lambda rs: Mux([Streamer(list(range(i, 100, 3))) for i in range(3)], 2, 4, random_state=rs),
+        lambda rs: pescador.ShuffledMux(
+            [Streamer(list(range(i, 100, 3))) for i in range(3)], random_state=rs
+        ),
+        lambda rs: pescador.RoundRobinMux(
+            [Streamer(list(range(i, 30, 3))) for i in range(3)],
+            mode="permuted_cycle",
+            random_state=rs,
+        ),
+    ],
+)
+def test_an_int_random_state_seeds_a_RandomState(make):
+    # As in pescador: random_state=7 is np.random.RandomState(7), so both draw the same stream.
+    from_int = list(make(7)(max_iter=60))
+    from_state = list(make(np.random.RandomState(7))(max_iter=60))
+    assert from_int == from_state

@@ -24,6 +24,8 @@ _WHERE = {
     "W6": ("w6", "WORKLOAD"),
     "W7": ("w7", "WORKLOAD"),
     "P1": ("p1", "WORKLOAD"),
+    "C1": ("compat", "C1"),
+    "C2": ("compat", "C2"),
 }
 #: The physical references: run beside every suite run, not a workload of their own.
 REFERENCES = "REF"

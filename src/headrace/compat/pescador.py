@@ -49,6 +49,16 @@ def _pescador_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _random_state(random_state: Any) -> Any:
+    """Pescador's reading of ``random_state``: an int seeds a ``np.random.RandomState``, so
+    ``random_state=7`` and ``random_state=np.random.RandomState(7)`` draw the same stream."""
+    if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"random_state must be a non-negative seed, got {random_state}")
+        return np.random.RandomState(int(random_state))
+    return random_state
+
+
 def _limit(*values: Any) -> int | None:
     """The first limit given among pescador's spellings (``max_iter``, ``max_batches``,
     ``max_items``); a whole float such as ``1e3`` counts as an int."""
@@ -164,7 +174,7 @@ class StochasticMux(_PescadorAPI, hr.StochasticMux):
             mode=mode,
             prune_empty=prune_empty_streams,
             dist=dist,
-            random_state=random_state,
+            random_state=_random_state(random_state),
         )
 
 
@@ -198,13 +208,17 @@ class Mux(StochasticMux):
 class ShuffledMux(_PescadorAPI, hr.ShuffledMux):
     @_pescador_errors
     def __init__(self, streamers: Any, weights: Any = None, random_state: Any = None) -> None:
-        hr.ShuffledMux.__init__(self, streamers, weights=weights, random_state=random_state)
+        hr.ShuffledMux.__init__(
+            self, streamers, weights=weights, random_state=_random_state(random_state)
+        )
 
 
 class RoundRobinMux(_PescadorAPI, hr.RoundRobinMux):
     @_pescador_errors
     def __init__(self, streamers: Any, mode: str = "exhaustive", random_state: Any = None) -> None:
-        hr.RoundRobinMux.__init__(self, streamers, mode=mode, random_state=random_state)
+        hr.RoundRobinMux.__init__(
+            self, streamers, mode=mode, random_state=_random_state(random_state)
+        )
 
 
 class ChainMux(_PescadorAPI, hr.ChainMux):
