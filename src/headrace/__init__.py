@@ -22,6 +22,7 @@ from ._errors import (
     StageTimeoutError,
     WorkerCrashedError,
 )
+from ._files import FileJob, FileResult, FileStep
 from ._monitor import Report
 from ._run import Run
 from ._sampling import (
@@ -45,6 +46,9 @@ __all__ = [
     "ChainMux",
     "ClosedError",
     "ErrorRecord",
+    "FileJob",
+    "FileResult",
+    "FileStep",
     "FrameError",
     "GraphError",
     "HeadraceError",
