@@ -21,7 +21,7 @@ from typing import Any
 from ._args import INTERRUPTED, USAGE, say, version
 
 #: The subcommands, in the order ``headrace --help`` lists them: module names in this package.
-COMMANDS = ("demo", "run", "doctor", "bench")
+COMMANDS = ("demo", "run", "files", "doctor", "bench")
 
 
 def _modules() -> list[ModuleType]:

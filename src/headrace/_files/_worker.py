@@ -27,7 +27,8 @@ MESSAGE_CHARS = 2000
 class FileStep(NamedTuple):
     """What a step of a `FileJob` may return instead of the bare data.
 
-    ``control`` adds keywords (or overrides them) for the later steps of the same file only;
+    ``read`` and every step may return one. ``control`` adds keywords (or overrides them) for
+    the later steps of the same file only;
     ``meta`` is merged into the file's metadata. ``data`` of ``None`` rejects the file, keeping
     the metadata gathered so far.
 
@@ -154,9 +155,7 @@ class FileWorker:
         control = dict(self.control)
         meta: dict[str, Any] = {}
         try:
-            data = self._call(("read", *self.read), task.input, control)
-            if data is None:
-                raise _Rejected
+            data = self._step(("read", *self.read), task.input, control, meta)
             for step in self.steps:
                 data = self._step(step, data, control, meta)
             for step in self.meta:
