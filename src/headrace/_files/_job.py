@@ -362,6 +362,8 @@ class FileJob:
             with contextlib.suppress(OSError):
                 largest = max(largest, os.stat(task.input).st_size)
         caps = [w for w in (self.workers, workers) if w is not None]
+        if self.backend == "inline":
+            caps.append(1)  # an inline stage runs in the thread that feeds it
         count = worker_count(
             len(plan.tasks),
             workers=min(caps) if caps else None,
