@@ -12,7 +12,6 @@ import argparse
 import ast
 import glob
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -72,12 +71,10 @@ def load_job(spec: str) -> FileJob:
             path = Path(module_name)
             if not path.is_file():
                 raise UsageError(f"no such file: {path}")
-            name = f"_headrace_files_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            assert module_spec is not None and module_spec.loader is not None
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module  # so that process workers can unpickle its functions
-            module_spec.loader.exec_module(module)
+            # Imported by its own name from its folder, so that process workers (which get
+            # this sys.path) can import it to unpickle its functions.
+            sys.path.insert(0, str(path.resolve().parent))
+            module = importlib.import_module(path.stem)
         else:
             if "" not in sys.path:
                 sys.path.insert(0, "")
