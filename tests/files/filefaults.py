@@ -6,6 +6,7 @@ them outlives the child (also those orphaned by a SIGKILLed parent).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,10 +49,8 @@ def wait_gone(mark: str, timeout: float) -> list[int]:
 
 def kill_marked(mark: str) -> None:
     for pid in marked_pids(mark):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _env(mark: str) -> dict[str, str]:
