@@ -19,6 +19,7 @@ _WHERE = {
     "W2a": ("w2", "W2A"),
     "W2b": ("w2", "W2B"),
     "W3": ("w3", "WORKLOAD"),
+    "W4": ("w4", "WORKLOAD"),
     "W5a": ("w5", "W5A"),
     "W5b": ("w5", "W5B"),
     "W6": ("w6", "WORKLOAD"),

@@ -47,15 +47,18 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def commit(temporary: Path, final: Path) -> None:
-    """Flush ``temporary`` to disk and rename it to ``final`` (replacing what is there)."""
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def commit(temporary: Path, final: Path, *, fsync: bool) -> None:
+    """Rename ``temporary`` to ``final`` (replacing what is there); with ``fsync``, flush it to
+    the disk first and the folder after, so that the output also survives a power loss."""
+    if fsync:
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     os.replace(temporary, final)
-    _fsync_dir(final.parent)
+    if fsync:
+        _fsync_dir(final.parent)
 
 
 def discard(temporary: Path) -> None:

@@ -133,6 +133,10 @@ class FileJob:
         At most this many workers (default: the cores; never more than the files).
     backend : {"process", "thread", "inline"}
         Where the workers run.
+    fsync : bool
+        Flush each output to the disk before renaming it into place (default False). Without
+        it an output is still never seen half-written after a crash of any process; with it,
+        also not after a power loss or a crash of the operating system.
     **control
         Control keywords passed to every function.
 
@@ -176,6 +180,7 @@ class FileJob:
         worker_memory: int | str | None = None,
         workers: int | None = None,
         backend: str = "process",
+        fsync: bool = False,
         **control: Any,
     ) -> None:
         if process is not None and not callable(process):
@@ -204,6 +209,7 @@ class FileJob:
         self.worker_memory = worker_memory
         self.workers = workers
         self.backend = backend
+        self.fsync = bool(fsync)
         self.control = control
 
     def __repr__(self) -> str:
@@ -378,6 +384,7 @@ class FileJob:
             self.post,
             self.meta,
             self._merged(control),
+            fsync=self.fsync,
         )
         collector = _Collector(plan)
         return (

@@ -132,7 +132,9 @@ class FileWorker:
         post: Sequence[Callable[..., Any]],
         meta: Sequence[Callable[..., Any]],
         control: Mapping[str, Any],
+        fsync: bool = False,
     ) -> None:
+        self.fsync = fsync
         # Which control keywords each function takes (None: all of them), computed here
         # and sent along with the functions.
         self.read = (read, accepted_keywords(read))
@@ -217,7 +219,7 @@ class FileWorker:
                     ),
                 )
             try:
-                commit(temporary, final)
+                commit(temporary, final, fsync=self.fsync)
                 st = final.stat()
             except OSError as exc:
                 raise _StepFailed("write", exc) from exc
