@@ -65,7 +65,9 @@ def run_child(code: str) -> list[dict[str, Any]]:
         import json as _json
         print("RESULTS " + _json.dumps([
             {"input": r.input, "status": r.status, "meta": r.meta,
-             "error": None if r.error is None else r.error.type}
+             "error": None if r.error is None else r.error.type,
+             "error_index": None if r.error is None else r.error.index,
+             "error_message": None if r.error is None else r.error.message}
             for r in results
         ]), flush=True)
         """

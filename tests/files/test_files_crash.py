@@ -26,8 +26,8 @@ def write(data, path, **control):
     with open(path, "wb") as out:
         np.save(out, data)
         out.flush()
-        kill = WORK / "kill-on-{victim}"
-        if path.rpartition("/")[2].startswith(".in{victim}.") and kill.exists():
+        kill = WORK / ("kill-on-" + path.rpartition("/")[2].split(".")[1][2:])
+        if kill.exists():
             kill.unlink()
             out.write(b"partial")  # half an output, then the worker dies mid-write
             out.flush()
@@ -63,7 +63,7 @@ def test_worker_killed_mid_write_leaves_complete_outputs_and_resume_redoes_it(
     _inputs(tmp_path)
     outdir = tmp_path / "out"
     (tmp_path / "kill-on-5").touch()
-    code = JOB.format(work=str(tmp_path), victim=5, files=FILES)
+    code = JOB.format(work=str(tmp_path), files=FILES)
     first = run_child(code + f"results = job.run(inputs, {str(outdir)!r})")
     statuses = [r["status"] for r in first]
     assert statuses == ["written"] * 5 + ["failed"] + ["written"] * 2
@@ -78,12 +78,20 @@ def test_worker_killed_mid_write_leaves_complete_outputs_and_resume_redoes_it(
     assert len(_outputs_complete(outdir)) == FILES
     assert not [p.name for p in outdir.iterdir() if ".hrtmp-" in p.name]
 
+    # A crash among skipped files is named by its input's index.
+    (outdir / "in6.npy").unlink()
+    (tmp_path / "kill-on-6").touch()
+    third = run_child(code + f"results = job.run(inputs, {str(outdir)!r}, resume=True)")
+    assert [r["status"] for r in third] == ["skipped"] * 6 + ["failed", "skipped"]
+    assert third[6]["error"] == "WorkerCrashedError" and third[6]["error_index"] == 6
+    assert "SIGKILL" in third[6]["error_message"] or "signal" in third[6]["error_message"]
+
 
 def test_parent_killed_mid_run_then_resume_finishes_exactly_the_rest(tmp_path: Path) -> None:
     _inputs(tmp_path)
     outdir = tmp_path / "out"
     (tmp_path / "block").touch()
-    code = JOB.format(work=str(tmp_path), victim=-1, files=FILES)
+    code = JOB.format(work=str(tmp_path), files=FILES)
     mark = uuid.uuid4().hex
     child = start_child(code + f"job.run(inputs, {str(outdir)!r})", mark)
     manifest = outdir / ".headrace-manifest.jsonl"

@@ -11,6 +11,7 @@ each written output to the manifest. Imports the core (`_streams`, `_types`), no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,9 +242,16 @@ class FileJob:
         with stream.open(progress=progress) as execution:
             results: list[FileResult] = list(execution)
         report = execution.report()
-        crashes = {e.index: e for e in report.errors if e.stage == STAGE_NAME}
+        # The stage numbers its items by position among the files it ran, not among inputs.
+        crashes = {
+            plan.tasks[e.index].index: e
+            for e in report.errors
+            if e.stage == STAGE_NAME and e.index is not None and e.index < len(plan.tasks)
+        }
         results = [
-            r._replace(error=crashes[i]) if i in crashes and r.status == "failed" else r
+            r._replace(error=dataclasses.replace(crashes[i], index=i))
+            if i in crashes and r.status == "failed"
+            else r
             for i, r in enumerate(results)
         ]
         Manifest(plan.outdir).compact(
