@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .._streams import Stream, from_iterable, parse_bytes
+from .._run import parse_bytes
+from .._streams import Stream, from_iterable
 from .._types import BACKENDS, ErrorRecord
 from ._atomic import remove_strays
 from ._manifest import (

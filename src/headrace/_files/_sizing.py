@@ -1,7 +1,7 @@
 """How many workers a file job runs: cores, files, and the memory a worker may need.
 
 Owns: `available_memory` (bytes this process may still use: MemAvailable, within a cgroup
-limit), `worker_count`. Imports nothing from headrace but `_streams.parse_bytes`.
+limit), `worker_count`. Imports nothing from headrace but `_run.parse_bytes`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from .._streams import parse_bytes
+from .._run import parse_bytes
 
 log = logging.getLogger("headrace")
 
