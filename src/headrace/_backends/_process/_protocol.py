@@ -38,6 +38,8 @@ MAX_BATCH = 256
 #: is cheap next to making them, and each one held costs memory.
 DEPTH = 2
 BIG_RESULT = 2**20
+#: A chunk this slow (seconds) goes to a worker only when it is idle (see `_learn`).
+SLOW_CHUNK_S = 0.05
 #: Array bytes a process stage may hold in flight, beyond one item per worker.
 WINDOW_BYTES = 16 * 2**20
 #: Bytes each pipe to and from a worker is asked to hold (Linux: F_SETPIPE_SZ, within

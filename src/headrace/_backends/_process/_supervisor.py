@@ -64,6 +64,7 @@ from ._protocol import (
     DEPTH,
     PIPE_BYTES,
     PIPE_SAFE,
+    SLOW_CHUNK_S,
     STOP_GRACE_S,
     Spec,
     _load_error,
@@ -197,6 +198,7 @@ class ProcessWorkers(Workers):
         self._ended = 0  # supervisor threads that have ended
         self._joined = False  # a close gave up on a supervisor thread
         self._big = False
+        self._slow = False  # chunks take long: one queued per worker would idle the others
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -312,7 +314,7 @@ class ProcessWorkers(Workers):
         while True:
             if self.cancelled():
                 return False
-            depth = 1 if timed or self._big else DEPTH
+            depth = 1 if timed or self._big or self._slow else DEPTH
             while len(sent) < depth and (proc.ready or not timed):
                 if held_back is not None:
                     if sent:
@@ -491,6 +493,10 @@ class ProcessWorkers(Workers):
             self._avg_bytes = per_item
         else:
             self._avg_bytes = 0.7 * self._avg_bytes + 0.3 * per_item
+        # A chunk that takes SLOW_CHUNK_S or more makes a pipe round trip negligible: a worker
+        # then holds one chunk at a time, so that none is left waiting behind a slow one at the
+        # end of the input while another worker is idle.
+        self._slow = done.busy_s >= SLOW_CHUNK_S
         big = self._avg_bytes >= BIG_RESULT
         if big != self._big:
             self._big = big
