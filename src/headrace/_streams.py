@@ -371,6 +371,17 @@ def _not_iterable(obj: object) -> str:
     return f"iterable must be iterable, got {type(obj).__name__}"
 
 
+def _not_iterable(obj: object) -> str:
+    if callable(obj):
+        fn = callable_name(obj, "fn")
+        return (
+            f"from_iterable takes an iterable, got the function {fn!r}; call it "
+            f"(hr.from_iterable({fn}(...))) to run the stream once, or pass "
+            f"hr.Streamer({fn}, *args), which calls it afresh on every run"
+        )
+    return f"iterable must be iterable, got {type(obj).__name__}"
+
+
 def from_iterable(iterable: Iterable[Any], *, name: str = "source") -> Stream:
     """A stream over ``iterable``. A re-iterable one (list, range, array) is iterated afresh
     on every run; a one-shot iterator can run once.
