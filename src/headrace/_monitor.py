@@ -47,7 +47,14 @@ _STAGE_KEYS = (
     "peak_fill",
 )
 
-_RICH_MISSING = 'progress=True needs the "rich" package: pip install "headrace[progress]"'
+#: Seconds between two plain progress lines (no rich): often enough to show a run is alive,
+#: seldom enough that a log of a long run stays readable.
+PLAIN_INTERVAL_S = 2.0
+
+_RICH_MISSING = (
+    'headrace: the live progress table needs the "rich" package (pip install '
+    '"headrace[progress]"); showing a plain line every {interval:g} s instead'
+)
 
 
 def _utilisation(stage: StageSnapshot, wall_s: float) -> float:
@@ -352,7 +359,8 @@ class Progress:
 
     One daemon thread, ``headrace-progress``, asks ``snapshot()`` for the figures every
     ``interval`` seconds and redraws a small table with `rich`. When the file is not a
-    terminal, only the final state is written, by `stop`.
+    terminal, only the final state is written, by `stop`. Without rich, it says how to install
+    it and writes one plain line of figures every ``plain_interval`` seconds, and the final one.
 
     Parameters
     ----------
@@ -363,6 +371,8 @@ class Progress:
         Where to draw; ``sys.stderr`` as it is when `start` is called by default.
     interval : float
         Seconds between two refreshes.
+    plain_interval : float
+        Seconds between two plain lines, when rich is not installed.
 
     Examples
     --------
@@ -402,12 +412,16 @@ class Progress:
         *,
         file: TextIO | None = None,
         interval: float = PROGRESS_INTERVAL_S,
+        plain_interval: float = PLAIN_INTERVAL_S,
     ) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        for arg, value in (("interval", interval), ("plain_interval", plain_interval)):
+            if value <= 0:
+                raise ValueError(f"{arg} must be a positive number of seconds, got {value!r}")
         self._snapshot = snapshot
         self._file = file
         self._interval = interval
+        self._plain_interval = plain_interval
+        self._plain = False  # True when rich is missing: plain lines instead of a table
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         # A rich.live.Live once started. Typed Any because rich is optional: naming its type
@@ -421,8 +435,6 @@ class Progress:
 
         Raises
         ------
-        ImportError
-            `rich` is not installed.
         ClosedError
             `stop` was called already.
         RuntimeError
@@ -432,12 +444,13 @@ class Progress:
             raise ClosedError("this progress display was stopped; make a new one to draw again")
         if self._thread is not None:
             raise RuntimeError("this progress display is running already")
+        file = self._file if self._file is not None else sys.stderr
         try:
             from rich.console import Console
             from rich.live import Live
-        except ImportError as exc:
-            raise ImportError(_RICH_MISSING) from exc
-        file = self._file if self._file is not None else sys.stderr
+        except ImportError:
+            self._start_plain(file)
+            return
         live = Live(
             self._render(*self._snapshot()),
             console=Console(file=file),
@@ -445,6 +458,13 @@ class Progress:
         )
         live.start(refresh=True)
         self._live = live
+        self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
+        self._thread.start()
+
+    def _start_plain(self, file: TextIO) -> None:
+        self._plain = True
+        self._live = file
+        print(_RICH_MISSING.format(interval=self._plain_interval), file=file, flush=True)
         self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
         self._thread.start()
 
@@ -459,6 +479,10 @@ class Progress:
             return
         self._wake.set()
         thread.join()
+        if self._plain:
+            file, self._live = self._live, None
+            print(_plain_line(*self._snapshot()), file=file, flush=True)
+            return
         live, self._live = self._live, None
         try:
             live.update(self._render(*self._snapshot()))
@@ -466,9 +490,13 @@ class Progress:
             live.stop()  # draws the last update, also when the file is not a terminal
 
     def _loop(self) -> None:
-        while not self._wake.wait(self._interval):
+        interval = self._plain_interval if self._plain else self._interval
+        while not self._wake.wait(interval):
             try:
-                self._live.update(self._render(*self._snapshot()), refresh=True)
+                if self._plain:
+                    print(_plain_line(*self._snapshot()), file=self._live, flush=True)
+                else:
+                    self._live.update(self._render(*self._snapshot()), refresh=True)
             except Exception:
                 # A display must never break the run: say it once, keep the last frame.
                 if not self._warned:
@@ -503,3 +531,27 @@ class Progress:
                 "done" if s.done else "",
             )
         return table
+
+
+def _plain_line(elapsed_s: float, stages: Sequence[StageSnapshot]) -> str:
+    """One line of figures per call, for a display without rich.
+
+    Examples
+    --------
+    >>> from headrace._types import StageSnapshot
+    >>> fields = dict(kind="map", backend="thread", workers=1, items_in=5, completed=5)
+    >>> fields |= dict(dropped=0, cancelled=0, busy_s=0.1, starved_s=0.0, blocked_s=0.0)
+    >>> fields |= dict(items_per_s=50.0, fill=0, peak_fill=1, capacity=8)
+    >>> a = StageSnapshot(name="read", items_out=5, errors=0, done=True, **fields)
+    >>> b = StageSnapshot(name="parse", items_out=3, errors=2, done=False, **fields)
+    >>> _plain_line(1.5, [a, b])
+    'headrace 1.5 s: read 5 out (done); parse 3 out, 2 errors, 50.0/s'
+    """
+    parts = []
+    for s in stages:
+        text = f"{s.name} {s.items_out:,} out"
+        if s.errors:
+            text += f", {s.errors:,} error{'' if s.errors == 1 else 's'}"
+        text += " (done)" if s.done else f", {_rate(s.items_per_s)}/s"
+        parts.append(text)
+    return f"headrace {elapsed_s:.1f} s: " + "; ".join(parts)
