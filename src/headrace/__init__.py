@@ -27,7 +27,7 @@ from ._mux import ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
 from ._run import Run
 from ._samplers import sample_npy, sample_npz
 from ._streamer import Streamer
-from ._streams import Stream, from_iterable, merge, rng, run, to_dot, zip
+from ._streams import Stream, from_iterable, merge, render, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
 from ._wire import FrameError
 from ._zmq import ZMQStreamer
@@ -57,6 +57,7 @@ __all__ = [
     "ZMQStreamer",
     "from_iterable",
     "merge",
+    "render",
     "rng",
     "run",
     "sample_npy",

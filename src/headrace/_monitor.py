@@ -9,15 +9,17 @@ Owns: `Report` (figures of a finished run, its bottleneck, its table, dict and D
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from headrace._errors import ClosedError
 from headrace._types import ErrorRecord, StageSnapshot
 
-__all__ = ["Progress", "Report"]
+__all__ = ["Progress", "Report", "render_dot"]
 
 logger = logging.getLogger("headrace")
 
@@ -344,6 +346,37 @@ class Report:
             )
         return self._dot(self)
 
+    def render(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+        """Draw the run's graph, annotated with this report's figures, into the file ``path``.
+
+        The format comes from the file's suffix (``.svg``, ``.png``, ``.pdf``...) unless
+        ``format`` is given; ``.dot`` / ``.gv`` write the DOT text itself. Other formats need
+        the ``graphviz`` package (``pip install "headrace[graphviz]"``) and Graphviz's ``dot``
+        program on the ``PATH``.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        ImportError
+            The ``graphviz`` package is not installed.
+        RuntimeError
+            Graphviz's ``dot`` program is not installed (the message says how to get it).
+
+        Examples
+        --------
+        >>> import headrace as hr, pathlib, tempfile
+        >>> report = hr.from_iterable(range(3)).map(abs).run()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = report.render(pathlib.Path(folder, "run.dot"))
+        ...     path.read_text().startswith("digraph")
+        True
+        """
+        return render_dot(self.to_dot(), path, format=format)
+
     def __str__(self) -> str:
         return self.table()
 
@@ -555,3 +588,45 @@ def _plain_line(elapsed_s: float, stages: Sequence[StageSnapshot]) -> str:
         text += " (done)" if s.done else f", {_rate(s.items_per_s)}/s"
         parts.append(text)
     return f"headrace {elapsed_s:.1f} s: " + "; ".join(parts)
+
+
+#: File suffixes that mean the DOT text itself, written without Graphviz.
+DOT_SUFFIXES = frozenset({"dot", "gv"})
+
+_GRAPHVIZ_MISSING = (
+    'drawing a graph needs the "graphviz" package: pip install "headrace[graphviz]" '
+    "(or write the DOT text with to_dot(), or to a .dot path)"
+)
+_DOT_MISSING = (
+    "the graphviz package is installed, but Graphviz's 'dot' program, which draws the graph, "
+    "is not on the PATH: install it with the system's package manager (apt install graphviz, "
+    "dnf install graphviz, brew install graphviz, conda install graphviz); or write a .dot "
+    "file, which needs no program"
+)
+
+
+def render_dot(dot: str, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+    """Write ``dot`` into ``path`` drawn in ``format`` (default: the suffix of ``path``)."""
+    target = Path(path)
+    fmt = (format or target.suffix.lstrip(".")).lower()
+    if not fmt:
+        raise ValueError(
+            f"cannot tell the format of {str(target)!r}: give the file a suffix such as .svg "
+            "or .png, or pass format="
+        )
+    if fmt in DOT_SUFFIXES:
+        target.write_text(dot, encoding="utf-8")
+        return target
+    try:
+        import graphviz
+    except ImportError as exc:
+        raise ImportError(_GRAPHVIZ_MISSING) from exc
+    if fmt not in graphviz.FORMATS:
+        known = ", ".join(sorted(graphviz.FORMATS & {"svg", "png", "pdf", "jpg", "dot"}))
+        raise ValueError(f"Graphviz cannot draw format {fmt!r}; try one of {known}")
+    try:
+        drawn = graphviz.Source(dot).pipe(format=fmt)
+    except graphviz.ExecutableNotFound as exc:
+        raise RuntimeError(_DOT_MISSING) from exc
+    target.write_bytes(drawn)
+    return target

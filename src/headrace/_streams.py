@@ -8,7 +8,9 @@ report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import numpy as np
@@ -18,7 +20,7 @@ from ._adapters import torch_dataset
 from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError
 from ._graph import Node, Plan, compile_plan
-from ._monitor import Report
+from ._monitor import Report, render_dot
 from ._run import Run, _dot
 from ._stages import (
     StageOptions,
@@ -371,17 +373,6 @@ def _not_iterable(obj: object) -> str:
     return f"iterable must be iterable, got {type(obj).__name__}"
 
 
-def _not_iterable(obj: object) -> str:
-    if callable(obj):
-        fn = callable_name(obj, "fn")
-        return (
-            f"from_iterable takes an iterable, got the function {fn!r}; call it "
-            f"(hr.from_iterable({fn}(...))) to run the stream once, or pass "
-            f"hr.Streamer({fn}, *args), which calls it afresh on every run"
-        )
-    return f"iterable must be iterable, got {type(obj).__name__}"
-
-
 def from_iterable(iterable: Iterable[Any], *, name: str = "source") -> Stream:
     """A stream over ``iterable``. A re-iterable one (list, range, array) is iterated afresh
     on every run; a one-shot iterator can run once.
@@ -491,6 +482,34 @@ def to_dot(*streams: Stream, report: Report | None = None) -> str:
     digraph headrace {
     """
     return _dot(_plan(streams), report)
+
+
+def render(
+    streams: Stream | Sequence[Stream],
+    path: str | os.PathLike[str],
+    *,
+    report: Report | None = None,
+    format: str | None = None,
+) -> Path:
+    """Draw the graph behind ``streams`` (annotated with ``report``) into the file ``path``.
+
+    The format comes from the suffix of ``path`` (``.svg``, ``.png``, ``.pdf``...) unless
+    ``format`` is given; ``.dot`` writes the DOT text of `to_dot` itself. Drawing needs the
+    ``graphviz`` package (``pip install "headrace[graphviz]"``) and Graphviz's ``dot`` program;
+    an error says which one is missing and how to install it. `Report.render` draws the graph
+    of a finished run.
+
+    Examples
+    --------
+    >>> import headrace as hr, pathlib, tempfile
+    >>> stream = hr.from_iterable(range(3)).map(abs)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = hr.render(stream, pathlib.Path(folder, "graph.dot"))
+    ...     "abs" in path.read_text()
+    True
+    """
+    chosen = (streams,) if isinstance(streams, Stream) else tuple(streams)
+    return render_dot(to_dot(*chosen, report=report), path, format=format)
 
 
 def rng() -> np.random.Generator:
