@@ -220,7 +220,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data, ready for ``json.dumps``.
 
-        Layout (DESIGN.md §2.2; keys may be added, these may not change)::
+        Layout (a stable contract: keys may be added, these will not change)::
 
             {"wall_s": float, "bottleneck": str | None,
              "stages": [{"name", "backend", "workers", "items_in", "items_out", "errors",
