@@ -24,7 +24,7 @@ def rows(X, Y, noise):
 
 
 mux = hr.StochasticMux([hr.Streamer(rows, X, Y, s) for s in (0.0, 0.05)], 2, None, random_state=0)
-training = mux.rebatch(32).keras_tuples("X", "Y", cycle=True)  # model.fit(training, ...)
+training = mux.rebatch(32).keras_tuples("X", "Y").cycle()  # model.fit(training, ...)
 
 w = np.zeros(4, dtype=np.float32)
 for x, y in itertools.islice(training, 300):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import headrace as hr
 from headrace._errors import ClosedError
 from headrace._monitor import MAX_TABLE_ERRORS, Progress, Report
 from headrace._types import ErrorRecord, StageSnapshot
@@ -401,19 +402,41 @@ def test_progress_stop_still_stops_the_display_when_the_last_snapshot_fails() ->
     progress.stop()  # already stopped
 
 
-def test_progress_without_rich_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What import finds when rich is missing; its submodules too, in case rich was imported.
+def hide_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What import finds when rich is missing; its submodules too, in case rich was imported."""
     monkeypatch.setitem(sys.modules, "rich", None)
     for name in [name for name in sys.modules if name.startswith("rich.")]:
         monkeypatch.setitem(sys.modules, name, None)
-    progress = Progress(Snapshots([snap("read")]), file=io.StringIO())
-    with pytest.raises(ImportError) as info:
-        progress.start()
-    assert str(info.value) == (
-        'progress=True needs the "rich" package: pip install "headrace[progress]"'
-    )
-    assert progress_threads() == []
+
+
+def test_progress_without_rich_writes_plain_lines_and_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hide_rich(monkeypatch)
+    out = io.StringIO()
+    snapshots = Snapshots([snap("read"), snap("parse", errors=2, done=False)], signal_at=3)
+    progress = Progress(snapshots, file=out, plain_interval=0.01)
+    progress.start()
+    assert snapshots.reached.wait(10), "no periodic line was written"
     progress.stop()
+    assert progress_threads() == []
+    lines = out.getvalue().splitlines()
+    assert 'pip install "headrace[progress]"' in lines[0]
+    figures = lines[1:]
+    assert len(figures) >= 3  # two periodic lines at least, and the final one
+    assert all(line.startswith("headrace ") for line in figures)
+    assert "read 10 out (done)" in figures[-1] and "parse 10 out, 2 errors" in figures[-1]
+    progress.stop()  # already stopped
+
+
+def test_a_run_with_progress_and_no_rich_still_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hide_rich(monkeypatch)
+    assert hr.from_iterable(range(3)).map(abs, name="absolute").collect(progress=True) == [0, 1, 2]
+    err = capsys.readouterr().err
+    assert "headrace[progress]" in err
+    assert "absolute 3 out (done)" in err.splitlines()[-1]
 
 
 def test_progress_interval_must_be_positive() -> None:

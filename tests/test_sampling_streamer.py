@@ -120,7 +120,21 @@ def test_tuples_pick_keys_in_order() -> None:
     got = list(s.tuples("Y", "X"))
     assert [int(y[0]) for y, _ in got] == [0, 1, 2]
     assert got[1][1].shape == (1, 2)
-    assert len(list(s.tuples("X", cycle=True, max_items=7))) == 7
+    assert len(list(s.tuples("X")(max_items=7, cycle=True))) == 7
+    assert len(list(s.tuples("X").cycle(max_items=7))) == 7
+
+
+def test_tuples_and_keras_tuples_are_streamers_like_batch() -> None:
+    s = hr.Streamer([{"X": 1, "Y": 2}, {"X": 3, "Y": 4}])
+    pairs = s.tuples("X", "Y")
+    assert isinstance(pairs, hr.Streamer)
+    assert list(pairs(max_items=1)) == [(1, 2)]
+    assert list(pairs) == list(pairs) == [(1, 2), (3, 4)]  # restartable
+    assert hr.from_iterable(pairs).collect() == [(1, 2), (3, 4)]
+    keras = s.keras_tuples("X", ["Y"])
+    assert isinstance(keras, hr.Streamer)
+    assert list(keras(max_items=1)) == [(1, [2])]
+    assert list(pickle.loads(pickle.dumps(pairs))) == [(1, 2), (3, 4)]
 
 
 def test_keras_tuples() -> None:

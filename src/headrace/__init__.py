@@ -36,7 +36,7 @@ from ._sampling import (
     sample_npy,
     sample_npz,
 )
-from ._streams import Stream, from_iterable, merge, rng, run, to_dot, zip
+from ._streams import Stream, from_iterable, merge, render, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
 
 __version__ = "0.1.0"
@@ -67,6 +67,7 @@ __all__ = [
     "ZMQStreamer",
     "from_iterable",
     "merge",
+    "render",
     "rng",
     "run",
     "sample_npy",

@@ -9,15 +9,17 @@ Owns: `Report` (figures of a finished run, its bottleneck, its table, dict and D
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from headrace._errors import ClosedError
 from headrace._types import ErrorRecord, StageSnapshot
 
-__all__ = ["Progress", "Report"]
+__all__ = ["Progress", "Report", "render_dot"]
 
 logger = logging.getLogger("headrace")
 
@@ -47,7 +49,14 @@ _STAGE_KEYS = (
     "peak_fill",
 )
 
-_RICH_MISSING = 'progress=True needs the "rich" package: pip install "headrace[progress]"'
+#: Seconds between two plain progress lines (no rich): often enough to show a run is alive,
+#: seldom enough that a log of a long run stays readable.
+PLAIN_INTERVAL_S = 2.0
+
+_RICH_MISSING = (
+    'headrace: the live progress table needs the "rich" package (pip install '
+    '"headrace[progress]"); showing a plain line every {interval:g} s instead'
+)
 
 
 def _utilisation(stage: StageSnapshot, wall_s: float) -> float:
@@ -211,7 +220,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data, ready for ``json.dumps``.
 
-        Layout (DESIGN.md §2.2; keys may be added, these may not change)::
+        Layout (a stable contract: keys may be added, these will not change)::
 
             {"wall_s": float, "bottleneck": str | None,
              "stages": [{"name", "backend", "workers", "items_in", "items_out", "errors",
@@ -337,6 +346,37 @@ class Report:
             )
         return self._dot(self)
 
+    def render(self, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+        """Draw the run's graph, annotated with this report's figures, into the file ``path``.
+
+        The format comes from the file's suffix (``.svg``, ``.png``, ``.pdf``...) unless
+        ``format`` is given; ``.dot`` / ``.gv`` write the DOT text itself. Other formats need
+        the ``graphviz`` package (``pip install "headrace[graphviz]"``) and Graphviz's ``dot``
+        program on the ``PATH``.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        ImportError
+            The ``graphviz`` package is not installed.
+        RuntimeError
+            Graphviz's ``dot`` program is not installed (the message says how to get it).
+
+        Examples
+        --------
+        >>> import headrace as hr, pathlib, tempfile
+        >>> report = hr.from_iterable(range(3)).map(abs).run()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = report.render(pathlib.Path(folder, "run.dot"))
+        ...     path.read_text().startswith("digraph")
+        True
+        """
+        return render_dot(self.to_dot(), path, format=format)
+
     def __str__(self) -> str:
         return self.table()
 
@@ -352,7 +392,8 @@ class Progress:
 
     One daemon thread, ``headrace-progress``, asks ``snapshot()`` for the figures every
     ``interval`` seconds and redraws a small table with `rich`. When the file is not a
-    terminal, only the final state is written, by `stop`.
+    terminal, only the final state is written, by `stop`. Without rich, it says how to install
+    it and writes one plain line of figures every ``plain_interval`` seconds, and the final one.
 
     Parameters
     ----------
@@ -363,6 +404,8 @@ class Progress:
         Where to draw; ``sys.stderr`` as it is when `start` is called by default.
     interval : float
         Seconds between two refreshes.
+    plain_interval : float
+        Seconds between two plain lines, when rich is not installed.
 
     Examples
     --------
@@ -402,12 +445,16 @@ class Progress:
         *,
         file: TextIO | None = None,
         interval: float = PROGRESS_INTERVAL_S,
+        plain_interval: float = PLAIN_INTERVAL_S,
     ) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        for arg, value in (("interval", interval), ("plain_interval", plain_interval)):
+            if value <= 0:
+                raise ValueError(f"{arg} must be a positive number of seconds, got {value!r}")
         self._snapshot = snapshot
         self._file = file
         self._interval = interval
+        self._plain_interval = plain_interval
+        self._plain = False  # True when rich is missing: plain lines instead of a table
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         # A rich.live.Live once started. Typed Any because rich is optional: naming its type
@@ -421,8 +468,6 @@ class Progress:
 
         Raises
         ------
-        ImportError
-            `rich` is not installed.
         ClosedError
             `stop` was called already.
         RuntimeError
@@ -432,12 +477,13 @@ class Progress:
             raise ClosedError("this progress display was stopped; make a new one to draw again")
         if self._thread is not None:
             raise RuntimeError("this progress display is running already")
+        file = self._file if self._file is not None else sys.stderr
         try:
             from rich.console import Console
             from rich.live import Live
-        except ImportError as exc:
-            raise ImportError(_RICH_MISSING) from exc
-        file = self._file if self._file is not None else sys.stderr
+        except ImportError:
+            self._start_plain(file)
+            return
         live = Live(
             self._render(*self._snapshot()),
             console=Console(file=file),
@@ -445,6 +491,13 @@ class Progress:
         )
         live.start(refresh=True)
         self._live = live
+        self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
+        self._thread.start()
+
+    def _start_plain(self, file: TextIO) -> None:
+        self._plain = True
+        self._live = file
+        print(_RICH_MISSING.format(interval=self._plain_interval), file=file, flush=True)
         self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
         self._thread.start()
 
@@ -459,6 +512,10 @@ class Progress:
             return
         self._wake.set()
         thread.join()
+        if self._plain:
+            file, self._live = self._live, None
+            print(_plain_line(*self._snapshot()), file=file, flush=True)
+            return
         live, self._live = self._live, None
         try:
             live.update(self._render(*self._snapshot()))
@@ -466,9 +523,13 @@ class Progress:
             live.stop()  # draws the last update, also when the file is not a terminal
 
     def _loop(self) -> None:
-        while not self._wake.wait(self._interval):
+        interval = self._plain_interval if self._plain else self._interval
+        while not self._wake.wait(interval):
             try:
-                self._live.update(self._render(*self._snapshot()), refresh=True)
+                if self._plain:
+                    print(_plain_line(*self._snapshot()), file=self._live, flush=True)
+                else:
+                    self._live.update(self._render(*self._snapshot()), refresh=True)
             except Exception:
                 # A display must never break the run: say it once, keep the last frame.
                 if not self._warned:
@@ -503,3 +564,69 @@ class Progress:
                 "done" if s.done else "",
             )
         return table
+
+
+def _plain_line(elapsed_s: float, stages: Sequence[StageSnapshot]) -> str:
+    """One line of figures per call, for a display without rich.
+
+    Examples
+    --------
+    >>> from headrace._types import StageSnapshot
+    >>> fields = dict(kind="map", backend="thread", workers=1, items_in=5, completed=5)
+    >>> fields |= dict(dropped=0, cancelled=0, busy_s=0.1, starved_s=0.0, blocked_s=0.0)
+    >>> fields |= dict(items_per_s=50.0, fill=0, peak_fill=1, capacity=8)
+    >>> a = StageSnapshot(name="read", items_out=5, errors=0, done=True, **fields)
+    >>> b = StageSnapshot(name="parse", items_out=3, errors=2, done=False, **fields)
+    >>> _plain_line(1.5, [a, b])
+    'headrace 1.5 s: read 5 out (done); parse 3 out, 2 errors, 50.0/s'
+    """
+    parts = []
+    for s in stages:
+        text = f"{s.name} {s.items_out:,} out"
+        if s.errors:
+            text += f", {s.errors:,} error{'' if s.errors == 1 else 's'}"
+        text += " (done)" if s.done else f", {_rate(s.items_per_s)}/s"
+        parts.append(text)
+    return f"headrace {elapsed_s:.1f} s: " + "; ".join(parts)
+
+
+#: File suffixes that mean the DOT text itself, written without Graphviz.
+DOT_SUFFIXES = frozenset({"dot", "gv"})
+
+_GRAPHVIZ_MISSING = (
+    'drawing a graph needs the "graphviz" package: pip install "headrace[graphviz]" '
+    "(or write the DOT text with to_dot(), or to a .dot path)"
+)
+_DOT_MISSING = (
+    "the graphviz package is installed, but Graphviz's 'dot' program, which draws the graph, "
+    "is not on the PATH: install it with the system's package manager (apt install graphviz, "
+    "dnf install graphviz, brew install graphviz, conda install graphviz); or write a .dot "
+    "file, which needs no program"
+)
+
+
+def render_dot(dot: str, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
+    """Write ``dot`` into ``path`` drawn in ``format`` (default: the suffix of ``path``)."""
+    target = Path(path)
+    fmt = (format or target.suffix.lstrip(".")).lower()
+    if not fmt:
+        raise ValueError(
+            f"cannot tell the format of {str(target)!r}: give the file a suffix such as .svg "
+            "or .png, or pass format="
+        )
+    if fmt in DOT_SUFFIXES:
+        target.write_text(dot, encoding="utf-8")
+        return target
+    try:
+        import graphviz
+    except ImportError as exc:
+        raise ImportError(_GRAPHVIZ_MISSING) from exc
+    if fmt not in graphviz.FORMATS:
+        known = ", ".join(sorted(graphviz.FORMATS & {"svg", "png", "pdf", "jpg", "dot"}))
+        raise ValueError(f"Graphviz cannot draw format {fmt!r}; try one of {known}")
+    try:
+        drawn = graphviz.Source(dot).pipe(format=fmt)
+    except graphviz.ExecutableNotFound as exc:
+        raise RuntimeError(_DOT_MISSING) from exc
+    target.write_bytes(drawn)
+    return target

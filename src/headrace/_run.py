@@ -96,6 +96,8 @@ class Run:
         return True
 
     def next_of(self, outlet: int) -> Any:
+        """The next item of the terminal stream at position ``outlet`` (in the order the
+        streams were given); `StopIteration` once that stream has ended."""
         while True:
             for item in self._cursors[outlet]:
                 return item
@@ -120,6 +122,8 @@ class Run:
             yield values
 
     def drain(self) -> None:
+        """Read every terminal stream to its end, discarding the items (what `Stream.run`
+        and `run` do)."""
         for outlet in range(len(self._execution.outlets)):
             for _ in self.chunks(outlet):
                 pass

@@ -7,6 +7,7 @@ Inert: nothing here starts a thread. Imports only `_errors` and `_types`.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -94,6 +95,37 @@ class StageOptions:
     def byte_bound(self) -> int | None:
         """Bytes of array data the output channel holds at most (None: items only)."""
         return None if self.maxsize is not None else AUTO_BYTES
+
+
+#: The keyword options of every stage, in the order the documentation lists them.
+STAGE_OPTIONS = tuple(StageOptions.__dataclass_fields__)
+
+
+def check_options(where: str, given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise TypeError for an option ``where`` does not take, suggesting the closest one.
+
+    Examples
+    --------
+    >>> check_options("map", ["worker"], ["workers", "backend"], "stage option")
+    Traceback (most recent call last):
+    ...
+    TypeError: map() got an unknown stage option 'worker'; did you mean 'workers'? ...
+    """
+    names = list(known)
+    for name in given:
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TypeError(
+            f"{where}() got an unknown {what} {name!r}; {hint}the {what}s are: {', '.join(names)}"
+        )
+
+
+def stage_options(where: str, options: Mapping[str, Any]) -> StageOptions:
+    """`StageOptions` from the keywords a stage method got, naming that method on a typo."""
+    check_options(where, options, STAGE_OPTIONS, "stage option")
+    return StageOptions(**options)
 
 
 def _check_int(arg: str, value: object, *, minimum: int) -> None:

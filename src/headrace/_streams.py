@@ -8,7 +8,9 @@ report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import numpy as np
@@ -18,7 +20,7 @@ from ._adapters import torch_dataset
 from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError
 from ._graph import Node, Plan, compile_plan
-from ._monitor import Report
+from ._monitor import Report, render_dot
 from ._run import Run, _dot
 from ._stages import (
     StageOptions,
@@ -26,8 +28,10 @@ from ._stages import (
     callable_name,
     check_callable,
     check_count,
+    check_options,
     identity_body,
     rebatch_body,
+    stage_options,
     take_body,
     unbatch_body,
 )
@@ -89,7 +93,7 @@ class Stream:
 
     def _call_stage(self, kind: str, fn: Any, options: StageKwargs) -> Stream:
         check_callable(fn)
-        return Stream(self._add(kind, fn, StageOptions(**options)))
+        return Stream(self._add(kind, fn, stage_options(f"Stream.{kind}", options)))
 
     def _builtin(self, kind: str, body: Any, name: str | None, maxsize: int | None) -> Stream:
         opts = StageOptions(backend="inline", name=name or kind, maxsize=maxsize)
@@ -116,7 +120,7 @@ class Stream:
         [3, 4]
         """
         check_callable(pred, "pred")
-        return Stream(self._add("filter", pred, StageOptions(**options)))
+        return Stream(self._add("filter", pred, stage_options("Stream.filter", options)))
 
     def flat_map(
         self, fn: Callable[[Any], Iterable[Any]], **options: Unpack[StageKwargs]
@@ -187,7 +191,7 @@ class Stream:
         """
         check_callable(fn)
         count = check_count("n", n)
-        node = self._add("route", fn, StageOptions(**options), ports=count)
+        node = self._add("route", fn, stage_options("Stream.route", options), ports=count)
         return tuple(Stream(node, port) for port in range(count))
 
     def batch(
@@ -293,7 +297,7 @@ class Stream:
         >>> items, run.report().stage("abs").items_out
         ([0, 1, 2], 3)
         """
-        return Run(_terminals([self]), **run_options)
+        return _open([self], "Stream.open", run_options)
 
     def __iter__(self) -> Iterator[Any]:
         run = self.open()
@@ -305,14 +309,14 @@ class Stream:
     def collect(self, **run_options: Any) -> list[Any]:
         """Run the stream and return its items as a list."""
         items: list[Any] = []
-        with self.open(**run_options) as run:
+        with _open([self], "Stream.collect", run_options) as run:
             for values in run.chunks():
                 items.extend(values)
         return items
 
     def run(self, **run_options: Any) -> Report:
         """Run the stream to the end, discarding its items, and return the report."""
-        with self.open(**run_options) as execution:
+        with _open([self], "Stream.run", run_options) as execution:
             execution.drain()
         return execution.report()
 
@@ -334,9 +338,7 @@ class Stream:
         >>> [tuple(t.shape) for t in dataset]  # doctest: +SKIP
         [(2, 2), (2, 2)]
         """
-        inspect.signature(Run).bind(
-            _terminals([self]), **run_options
-        )  # an unknown option fails here
+        check_options("Stream.to_torch", run_options, RUN_OPTIONS, "run option")
         return torch_dataset(self, run_options, tensors)
 
 
@@ -346,6 +348,29 @@ def _plan(streams: Iterable[Stream]) -> Plan:
 
 def _terminals(streams: Iterable[Stream]) -> list[tuple[Node, int]]:
     return [(s._node, s._port) for s in streams]
+
+
+#: The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass on.
+RUN_OPTIONS = tuple(
+    p.name for p in inspect.signature(Run).parameters.values() if p.kind is p.KEYWORD_ONLY
+)
+
+
+def _open(streams: list[Stream], where: str, run_options: dict[str, Any]) -> Run:
+    """A `Run`, naming the public function ``where`` when an option is misspelt."""
+    check_options(where, run_options, RUN_OPTIONS, "run option")
+    return Run(_terminals(streams), **run_options)
+
+
+def _not_iterable(obj: object) -> str:
+    if callable(obj):
+        fn = callable_name(obj, "fn")
+        return (
+            f"from_iterable takes an iterable, got the function {fn!r}; call it "
+            f"(hr.from_iterable({fn}(...))) to run the stream once, or pass "
+            f"hr.Streamer({fn}, *args), which calls it afresh on every run"
+        )
+    return f"iterable must be iterable, got {type(obj).__name__}"
 
 
 def from_iterable(iterable: Iterable[Any], *, name: str = "source") -> Stream:
@@ -359,7 +384,7 @@ def from_iterable(iterable: Iterable[Any], *, name: str = "source") -> Stream:
     [0, 1, 2]
     """
     if not isinstance(iterable, Iterable):
-        raise TypeError(f"iterable must be iterable, got {type(iterable).__name__}")
+        raise TypeError(_not_iterable(iterable))
     one_shot = iter(iterable) is iterable
     node = Node(
         "source",
@@ -442,7 +467,7 @@ def run(*streams: Stream, **run_options: Any) -> Report:
         s if s._node.kind == "sink" else s.sink(_discard, backend="inline", name="discard")
         for s in streams
     ]
-    with Run(_terminals(terminals), **run_options) as execution:
+    with _open(terminals, "hr.run", run_options) as execution:
         execution.drain()
     return execution.report()
 
@@ -457,6 +482,34 @@ def to_dot(*streams: Stream, report: Report | None = None) -> str:
     digraph headrace {
     """
     return _dot(_plan(streams), report)
+
+
+def render(
+    streams: Stream | Sequence[Stream],
+    path: str | os.PathLike[str],
+    *,
+    report: Report | None = None,
+    format: str | None = None,
+) -> Path:
+    """Draw the graph behind ``streams`` (annotated with ``report``) into the file ``path``.
+
+    The format comes from the suffix of ``path`` (``.svg``, ``.png``, ``.pdf``...) unless
+    ``format`` is given; ``.dot`` writes the DOT text of `to_dot` itself. Drawing needs the
+    ``graphviz`` package (``pip install "headrace[graphviz]"``) and Graphviz's ``dot`` program;
+    an error says which one is missing and how to install it. `Report.render` draws the graph
+    of a finished run.
+
+    Examples
+    --------
+    >>> import headrace as hr, pathlib, tempfile
+    >>> stream = hr.from_iterable(range(3)).map(abs)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = hr.render(stream, pathlib.Path(folder, "graph.dot"))
+    ...     "abs" in path.read_text()
+    True
+    """
+    chosen = (streams,) if isinstance(streams, Stream) else tuple(streams)
+    return render_dot(to_dot(*chosen, report=report), path, format=format)
 
 
 def rng() -> np.random.Generator:

@@ -46,6 +46,7 @@ class StageSnapshot:
     done: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """The figures as a plain dict, field name to value."""
         return asdict(self)
 
 
@@ -60,4 +61,5 @@ class ErrorRecord:
     traceback: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a plain dict: stage, index, type, message, traceback."""
         return asdict(self)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from faults import kill_marked, run_scenario, start_scenario, wait_gone
@@ -368,23 +370,42 @@ def test_dropped_iterator_and_interpreter_exit_without_close() -> None:
     assert not wait_gone(mark, 2.0)
 
 
-def _wait_for(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
+def _wait_until(
+    proc: subprocess.Popen[str], done: Callable[[str], bool], timeout: float, what: str
+) -> str:
+    """Read the scenario's output until ``done(everything read so far)``; return that text."""
     stream = proc.stdout
     assert stream is not None
+    # Raw reads of the pipe: a buffered readline could leave lines in its buffer, where
+    # select() does not see them.
+    fd = stream.fileno()
     deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.1)
+        ready, _, _ = select.select([fd], [], [], 0.1)
         if ready:
-            line = stream.readline()
-            seen += line
-            if text in line:
-                return
-    raise AssertionError(f"never printed {text!r}; got {seen!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break  # the scenario ended
+            seen += chunk.decode()
+            if done(seen):
+                return seen
+    raise AssertionError(f"never printed {what}; got {seen!r}")
+
+
+def _wait_for(proc: subprocess.Popen[str], text: str, timeout: float) -> None:
+    _wait_until(proc, lambda seen: text in seen, timeout, repr(text))
+
+
+def _workers_in_slow_calls(seen: str) -> int:
+    """How many distinct worker processes said they entered a 30 s call."""
+    return len(set(re.findall(r"^SLOW (\d+)$", seen, re.MULTILINE)))
 
 
 SLOW_PIPELINE = """
 def slow(x):
+    if x > 3:
+        os.write(1, f"SLOW {os.getpid()}\\n".encode())  # one write: lines never interleave
     time.sleep(30 if x > 3 else 0.01)
     return x
 print("pid", os.getpid(), flush=True)
@@ -399,8 +420,12 @@ def test_ctrl_c_to_the_process_group(presses: int) -> None:
     mark = uuid.uuid4().hex
     proc = start_scenario(SLOW_PIPELINE, mark)
     try:
-        _wait_for(proc, "RUNNING", 30)
-        time.sleep(0.3)  # both workers are inside a 30 s call
+        _wait_until(
+            proc,
+            lambda seen: "RUNNING" in seen and _workers_in_slow_calls(seen) == 2,
+            30,
+            "RUNNING and SLOW from both workers",
+        )
         start = time.monotonic()
         for _ in range(presses):
             os.killpg(proc.pid, signal.SIGINT)

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,22 @@ def test_worker_log_records_reach_the_parent_naming_stage_and_worker(
         assert r.processName.startswith("talk/worker-")
 
 
+def wait_for_report(
+    run: hr.Run, done: Callable[[hr.Report], bool], timeout: float = 20.0
+) -> hr.Report:
+    """Poll the run's figures until ``done(report)``: synchronise on observed state."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        report = run.report()
+        if done(report):
+            return report
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the run never reached the state waited for:\n{report}")
+        time.sleep(0.01)
+
+
 def test_a_slow_consumer_bounds_the_items_in_flight() -> None:
     pulled = 0
 
@@ -243,11 +260,9 @@ def test_a_slow_consumer_bounds_the_items_in_flight() -> None:
     with stream.open() as run:
         for _i, _ in zip(range(50), run, strict=False):
             pass
-        import time
-
-        time.sleep(0.3)  # let everything upstream fill up
+        # Wait until everything upstream has filled up: every stage's output channel full.
+        report = wait_for_report(run, lambda r: all(s.fill >= s.capacity for s in r.stages))
         in_flight = pulled - 50
-        report = run.report()
     capacities = sum(s.capacity for s in report.stages)
     # Each channel holds its capacity plus one chunk; the process stage holds (DEPTH + 1)
     # chunks per worker; the source one in hand. A chunk is at most MAX_CHUNK small items.

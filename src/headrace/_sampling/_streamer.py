@@ -229,29 +229,26 @@ class Streamer:
 
     # --- adapters -----------------------------------------------------------------------
 
-    def tuples(
-        self, *keys: Any, cycle: bool = False, max_items: int | None = None
-    ) -> Iterator[tuple[Any, ...]]:
-        """Yield ``(item[key1], item[key2], ...)`` for each item (Keras-style ``fit``)."""
+    def tuples(self, *keys: Any) -> Streamer:
+        """A Streamer of ``(item[key1], item[key2], ...)`` for each item, like `batch` and
+        `rebatch`: ``s.tuples("X", "Y")(max_items=10)``, ``s.tuples("X", "Y").cycle()``."""
         if not keys:
             raise ValueError("tuples needs at least one key, e.g. tuples('X', 'Y')")
-        return _tuples(self(max_items, cycle), keys)
+        return Streamer(_tuple_pass, self, keys)
 
     def keras_tuples(
         self,
         inputs: Any = None,
         outputs: Any = None,
-        *,
-        cycle: bool = False,
-        max_items: int | None = None,
-    ) -> Iterator[tuple[Any, Any]]:
-        """Yield ``(x, y)`` pairs for Keras: a key gives one array, a list of keys a list of
-        arrays, None gives None."""
+    ) -> Streamer:
+        """A Streamer of ``(x, y)`` pairs for Keras: a key gives one array, a list of keys a
+        list of arrays, None gives None. ``model.fit`` takes a generator:
+        ``model.fit(s.keras_tuples("X", "Y").cycle(), steps_per_epoch=...)``."""
         in_keys, in_one = _key_list("inputs", inputs)
         out_keys, out_one = _key_list("outputs", outputs)
         if not in_keys and not out_keys:
             raise ValueError("keras_tuples needs at least one key in inputs or outputs")
-        return _keras_tuples(self(max_items, cycle), in_keys, in_one, out_keys, out_one)
+        return Streamer(_keras_pass, self, (in_keys, in_one, out_keys, out_one))
 
 
 def as_streamer(obj: Any, what: str = "streamer") -> Streamer:
@@ -284,6 +281,14 @@ def _tuples(items: Iterator[Any], keys: tuple[Any, ...]) -> Iterator[tuple[Any, 
             yield tuple(_pick(item, key) for key in keys)
     finally:
         close_iterator(items)
+
+
+def _tuple_pass(source: Streamer, keys: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    return _tuples(iter(source), keys)
+
+
+def _keras_pass(source: Streamer, spec: tuple[Any, bool, Any, bool]) -> Iterator[Any]:
+    return _keras_tuples(iter(source), *spec)
 
 
 def _key_list(arg: str, keys: Any) -> tuple[list[Any], bool]:

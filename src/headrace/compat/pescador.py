@@ -108,7 +108,7 @@ class _PescadorAPI(hr.Streamer):
     ) -> Iterator[tuple[Any, ...]]:
         if not items:
             raise PescadorError("Unable to generate tuples from an empty item set")
-        return super().tuples(*items, cycle=cycle, max_items=_limit(max_iter, max_batches))
+        return super().tuples(*items)(_limit(max_iter, max_batches), cycle)
 
     def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
         self.active_count_ += 1
@@ -308,14 +308,14 @@ def tuples(stream: Iterable[Any], *keys: Any) -> Iterator[tuple[Any, ...]]:
     """Each item as ``(item[key1], item[key2], ...)``."""
     if not keys:
         raise PescadorError("Unable to generate tuples from an empty item set")
-    return hr.Streamer(stream).tuples(*keys)
+    return iter(hr.Streamer(stream).tuples(*keys))
 
 
 def keras_tuples(stream: Iterable[Any], inputs: Any = None, outputs: Any = None) -> Iterator[Any]:
     """Each item as ``(x, y)`` for Keras: one array per key, a list for a list of keys."""
     if not inputs and not outputs:
         raise PescadorError("At least one key must be given for `inputs` or `outputs`")
-    return hr.Streamer(stream).keras_tuples(inputs, outputs)
+    return iter(hr.Streamer(stream).keras_tuples(inputs, outputs))
 
 
 # ``pescador.mux.Mux`` (the seed's examples spell it so) and the other submodules' names.
