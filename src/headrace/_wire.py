@@ -3,7 +3,9 @@
 Owns: `encode` / `decode` of one item into ZeroMQ frames, the dtype allowlist, and
 `FrameError`. A message is ``[tag, header, buffer, ...]``: the header is JSON (the item's
 structure, and for each array its dtype, shape and order), the tag its HMAC-SHA256 under a
-per-run random key, and each buffer the raw bytes of one array (or one bytes object). Nothing
+per-run random key, and each buffer the raw bytes of one array (or one bytes object), cut
+into frames of at most `MAX_FRAME_BYTES` so that a reader can bound every frame it accepts
+(``ZMQ_MAXMSGSIZE``). Nothing
 is unpickled unless the reader allows pickle, and then only a buffer whose SHA-256 the
 authenticated header names (RELIABILITY.md, Security). Imports only `_errors`.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import pickle
@@ -28,6 +31,10 @@ ITEM, END, ERROR = "item", "end", "error"
 #: The largest header accepted. An item's structure is small; a 1 MiB header means a
 #: corrupt or hostile frame, not data.
 MAX_HEADER_BYTES = 2**20
+#: The largest frame a writer sends: a longer buffer is cut into several frames (and joined,
+#: with one copy, by the reader). 64 MiB keeps that copy rare (arrays of 8M float64) and
+#: cheap next to moving the bytes through a socket; the reader refuses anything larger.
+MAX_FRAME_BYTES = 64 * 2**20
 #: Deepest nesting of dicts / lists / tuples in an item (deeper is refused, on both sides).
 MAX_DEPTH = 32
 #: Most dimensions of an array (NumPy's own limit is 64).
@@ -41,7 +48,17 @@ _SCALARS = (type(None), bool, int, float, str)
 
 class FrameError(HeadraceError, ValueError):
     """A message from a background stream is malformed or not authentic (it is refused and
-    never unpickled)."""
+    never unpickled).
+
+    ``authentic`` is False when the message failed before or at its authentication (too few
+    frames, a header too long, a bad tag): it may come from anyone who can reach the socket,
+    and `ZMQStreamer` drops and counts it. An authentic message that is malformed can only
+    come from the stream's own writer, and ends the pass.
+    """
+
+    def __init__(self, message: str, *, authentic: bool = True) -> None:
+        super().__init__(message)
+        self.authentic = authentic
 
 
 def allowed_dtype(text: object) -> np.dtype[Any]:
@@ -71,9 +88,15 @@ class _Encoder:
         self.buffers: list[Any] = []
 
     def add(self, meta: dict[str, Any], buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if view.nbytes > MAX_FRAME_BYTES:
+            parts = range(0, view.nbytes, MAX_FRAME_BYTES)
+            meta["frames"] = len(parts)
+            self.buffers.extend(view[i : i + MAX_FRAME_BYTES] for i in parts)
+        else:
+            self.buffers.append(buffer)
         self.meta.append(meta)
-        self.buffers.append(buffer)
-        return len(self.buffers) - 1
+        return len(self.meta) - 1
 
     def array(self, arr: np.ndarray, scalar: bool) -> list[Any]:
         if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.hasobject:
@@ -171,14 +194,37 @@ def _array(meta: dict[str, Any], frame: Any, copy: bool) -> np.ndarray:
     return arr
 
 
+def _frame_counts(metas: Any, frames: int) -> list[int]:
+    """How many frames each buffer of the header spans (the frames must add up)."""
+    if not isinstance(metas, list):
+        raise FrameError("the header's buffer list is malformed")
+    counts = [
+        _int(m.get("frames", 1), "a frame count") if isinstance(m, dict) else 1 for m in metas
+    ]
+    if any(c == 0 for c in counts) or sum(counts) != frames:
+        raise FrameError(
+            f"the header describes {len(metas)} buffers in {sum(counts)} frames but the "
+            f"message has {frames}"
+        )
+    return counts
+
+
+def _joined(parts: Sequence[Any]) -> Any:
+    """One buffer from the frames it was cut into (one copy, of bytes already received)."""
+    if len(parts) == 1:
+        return parts[0]
+    views = [memoryview(p.buffer if hasattr(p, "buffer") else p).cast("B") for p in parts]
+    if any(v.nbytes != MAX_FRAME_BYTES for v in views[:-1]):
+        raise FrameError(f"a buffer cut into frames has a frame other than {MAX_FRAME_BYTES} bytes")
+    return b"".join(views)
+
+
 class _Decoder:
     def __init__(self, metas: Any, frames: Sequence[Any], allow_pickle: bool, copy: bool):
-        if not isinstance(metas, list) or len(metas) != len(frames):
-            raise FrameError(
-                f"the header describes {len(metas) if isinstance(metas, list) else '?'} "
-                f"buffers but the message has {len(frames)}"
-            )
-        self.metas, self.frames = metas, frames
+        counts = _frame_counts(metas, len(frames))
+        ends = list(itertools.accumulate(counts))
+        self.metas = metas
+        self.frames = [frames[e - c : e] for e, c in zip(ends, counts, strict=True)]
         self.allow_pickle, self.copy = allow_pickle, copy
 
     def buffer(self, index: object, kind: str) -> tuple[dict[str, Any], Any]:
@@ -188,7 +234,7 @@ class _Decoder:
         meta = self.metas[i]
         if not isinstance(meta, dict) or meta.get("type") != kind:
             raise FrameError(f"buffer {i} is not of type {kind!r}")
-        return meta, self.frames[i]
+        return meta, _joined(self.frames[i])
 
     def tree(self, node: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
@@ -245,12 +291,19 @@ def decode(
 ) -> tuple[str, Any]:
     """``(kind, item)`` from the frames of one message; `FrameError` if anything is wrong."""
     if len(frames) < 2:
-        raise FrameError(f"a message needs a tag and a header, got {len(frames)} frame(s)")
+        raise FrameError(
+            f"a message needs a tag and a header, got {len(frames)} frame(s)", authentic=False
+        )
     tag, header = (bytes(f.bytes if hasattr(f, "bytes") else f) for f in frames[:2])
     if len(header) > MAX_HEADER_BYTES:
-        raise FrameError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+        raise FrameError(
+            f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}", authentic=False
+        )
     if not hmac.compare_digest(tag, tag_of(key, header)):
-        raise FrameError("the message is not authentic (bad tag): not from this stream's worker")
+        raise FrameError(
+            "the message is not authentic (bad tag): not from this stream's worker",
+            authentic=False,
+        )
     try:
         head = json.loads(header)
     except (ValueError, RecursionError) as exc:

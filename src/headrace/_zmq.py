@@ -10,7 +10,12 @@ Owns: `ZMQStreamer` and the background process's main function. Data flow of one
                                                      the streamer failed; EOF when it dies
 
 Items cross the socket as a JSON header plus raw array bytes (`_wire`), authenticated with a
-per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). The
+per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). A
+message that fails authentication (anyone who can reach the socket may send one) is dropped
+and counted, never ends the pass; the socket refuses frames longer than the wire's largest
+(``ZMQ_MAXMSGSIZE``). Over tcp the connection itself is CurveZMQ: the consumer's per-pass
+server key reaches the background process only through the private control pipe, and is never
+sent on the network, so a stranger cannot complete the handshake and sends nothing at all. The
 consumer waits on the socket and the status pipe together, so a dead process is an error, never
 a hang. The process is a fresh interpreter (``python -c``), as with the spawn start method but
 without re-running the caller's main script, so scripts need no ``if __name__ == "__main__"``
@@ -20,6 +25,7 @@ guard (pescador's examples have none). ``pyzmq`` is imported only when a pass st
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -34,7 +40,16 @@ from typing import Any, BinaryIO
 
 from ._errors import WorkerCrashedError, deliver, format_traceback
 from ._streamer import Streamer, as_streamer, check_max_items, check_positive
-from ._wire import END, ERROR, decode, encode, encode_end
+from ._wire import (
+    END,
+    ERROR,
+    MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
+    FrameError,
+    decode,
+    encode,
+    encode_end,
+)
 
 #: Messages each side's socket queues before the producer waits (ZeroMQ's high-water mark).
 #: Up to about twice this many items wait in memory; 16 rides out a hiccup of either side.
@@ -43,7 +58,11 @@ PREFETCH = 16
 JOIN_TIMEOUT = 5.0
 #: After the process has died, milliseconds to keep reading items already on their way.
 DRAIN_MS = 200
+#: ``ZMQ_MAXMSGSIZE`` of the consumer's socket: the wire's largest frame, plus room for
+#: CurveZMQ's per-message overhead (a few dozen bytes) on tcp.
+MAX_MESSAGE_BYTES = max(MAX_FRAME_BYTES, MAX_HEADER_BYTES) + 4096
 TRANSPORTS = ("ipc", "tcp")
+log = logging.getLogger("headrace")
 _LENGTH = struct.Struct("<Q")
 _NO_ZMQ = 'ZMQStreamer needs pyzmq: pip install "headrace[zmq]"'
 
@@ -70,7 +89,15 @@ class ZMQStreamer(Streamer):
         Send other objects pickled. A pickled buffer is unpickled only after its digest is
         checked against the authenticated header.
     transport : {"ipc", "tcp"}
-        ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only.
+        ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only,
+        encrypted and authenticated with per-pass CurveZMQ keys (when libzmq supports CURVE),
+        so other local users cannot connect.
+
+    Attributes
+    ----------
+    rejected : int
+        Messages refused because they were not authentic (sent to the socket by some other
+        process), over all passes. They are dropped, logged, and never end a pass.
     timeout : float
         Seconds the process gets to exit after a pass before it is terminated.
 
@@ -105,6 +132,7 @@ class ZMQStreamer(Streamer):
         self.allow_pickle = bool(allow_pickle)
         self.transport = transport
         self.timeout = float(timeout)
+        self.rejected = 0
 
     def __repr__(self) -> str:
         return f"<ZMQStreamer of {self.streamer!r}>"
@@ -153,6 +181,12 @@ class ZMQStreamer(Streamer):
             sock = context.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.prefetch)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            curve: bytes | None = None
+            if self.transport == "tcp" and zmq.has("curve"):
+                curve, secret = zmq.curve_keypair()
+                sock.setsockopt(zmq.CURVE_SERVER, 1)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
             if self.transport == "ipc":
                 tmpdir = tempfile.mkdtemp(prefix="headrace-zmq-")  # mode 0700
                 address = f"ipc://{os.path.join(tmpdir, 's')}"
@@ -168,6 +202,7 @@ class ZMQStreamer(Streamer):
                 "cycle": cycle,
                 "prefetch": self.prefetch,
                 "allow_pickle": self.allow_pickle,
+                "curve": curve,
             }
             with contextlib.suppress(OSError):  # it died at start: reported below
                 _send_blob(control, cloudpickle.dumps(job))
@@ -202,9 +237,15 @@ class ZMQStreamer(Streamer):
                 dead = error is None
             if sock in ready:
                 frames = sock.recv_multipart(copy=False)
-                kind, item = decode(
-                    frames, seq=seq, key=key, allow_pickle=self.allow_pickle, copy=self.copy
-                )
+                try:
+                    kind, item = decode(
+                        frames, seq=seq, key=key, allow_pickle=self.allow_pickle, copy=self.copy
+                    )
+                except FrameError as exc:
+                    if exc.authentic:
+                        raise  # from our own background process: a bug, not a stranger
+                    self._reject(exc)
+                    continue
                 seq += 1
                 if kind == END:
                     return
@@ -213,6 +254,17 @@ class ZMQStreamer(Streamer):
                 yield item
             elif dead:
                 raise _crashed(proc, seq)
+
+    def _reject(self, exc: FrameError) -> None:
+        self.rejected += 1  # no lock: the streamer stays picklable; passes rarely overlap
+        count = self.rejected
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood the log
+            log.warning(
+                "ZMQStreamer dropped a message that was not from its background process (%s); "
+                "%d dropped so far. Another process is writing to its socket.",
+                exc,
+                count,
+            )
 
 
 def _start(python: str) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
@@ -328,6 +380,11 @@ def background_main(control_fd: int, status_fd: int) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, job["prefetch"])
+    if job["curve"] is not None:
+        public, secret = zmq.curve_keypair()
+        sock.setsockopt(zmq.CURVE_SERVERKEY, job["curve"])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     sock.connect(job["address"])
     key, seq = job["key"], 0
     try:
