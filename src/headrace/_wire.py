@@ -188,7 +188,10 @@ def _array(meta: dict[str, Any], frame: Any, copy: bool) -> np.ndarray:
             f"{buffer.nbytes} bytes"
         )
     flat = np.frombuffer(buffer, dtype=dtype) if size else np.empty(0, dtype)
-    arr = flat.reshape(dims) if order == "C" else flat.reshape(dims[::-1]).T
+    try:  # an empty array may still claim dimensions NumPy cannot represent
+        arr = flat.reshape(dims) if order == "C" else flat.reshape(dims[::-1]).T
+    except ValueError as exc:
+        raise FrameError(f"array shape {tuple(dims)} is not valid: {exc}") from None
     if copy or not arr.flags.aligned:
         arr = np.array(arr, order="K")  # aligned and writable
     return arr
