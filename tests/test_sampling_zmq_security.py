@@ -162,10 +162,13 @@ def test_over_tcp_a_stranger_cannot_connect(big: int) -> None:
         it.close()
 
 
-def test_arrays_larger_than_a_frame_cross_whole() -> None:
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_arrays_larger_than_a_frame_cross_whole(transport: str) -> None:
+    """Cut into frames the socket accepts (on tcp, with CurveZMQ's overhead on each)."""
     from headrace._wire import MAX_FRAME_BYTES
 
     n = (MAX_FRAME_BYTES * 2 + 24) // 8  # three frames, the last one short
-    out = list(hr.ZMQStreamer(hr.Streamer([{"a": np.arange(n, dtype=np.float64)}])))
+    item = {"a": np.arange(n, dtype=np.float64)}
+    out = list(hr.ZMQStreamer(hr.Streamer([item]), transport=transport))
     (item,) = out
     assert item["a"].shape == (n,) and item["a"][-1] == n - 1 and item["a"][12345] == 12345
