@@ -13,9 +13,9 @@ Items cross the socket as a JSON header plus raw array bytes (`_wire`), authenti
 per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). A
 message that fails authentication (anyone who can reach the socket may send one) is dropped
 and counted, never ends the pass; the socket refuses frames longer than the wire's largest
-(``ZMQ_MAXMSGSIZE``). Over tcp the connection itself is CurveZMQ: the consumer's per-pass
-server key reaches the background process only through the private control pipe, and is never
-sent on the network, so a stranger cannot complete the handshake and sends nothing at all. The
+(``ZMQ_MAXMSGSIZE``). Over tcp a peer must also pass ZeroMQ's PLAIN handshake with a per-pass
+random password that reaches the background process only through its private control pipe;
+the consumer answers the handshake itself (ZAP), so a stranger cannot connect at all. The
 consumer waits on the socket and the status pipe together, so a dead process is an error, never
 a hang. The process is a fresh interpreter (``python -c``), as with the spawn start method but
 without re-running the caller's main script, so scripts need no ``if __name__ == "__main__"``
@@ -25,6 +25,7 @@ guard (pescador's examples have none). ``pyzmq`` is imported only when a pass st
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -58,8 +59,9 @@ PREFETCH = 16
 JOIN_TIMEOUT = 5.0
 #: After the process has died, milliseconds to keep reading items already on their way.
 DRAIN_MS = 200
-#: ``ZMQ_MAXMSGSIZE`` of the consumer's socket: the wire's largest frame, plus room for
-#: CurveZMQ's per-message overhead (a few dozen bytes) on tcp.
+#: Where libzmq asks who may connect (ZAP, RFC 27); one per context, so one per pass.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: ``ZMQ_MAXMSGSIZE`` of the consumer's socket: the wire's largest frame, plus a margin.
 MAX_MESSAGE_BYTES = max(MAX_FRAME_BYTES, MAX_HEADER_BYTES) + 4096
 TRANSPORTS = ("ipc", "tcp")
 log = logging.getLogger("headrace")
@@ -90,14 +92,13 @@ class ZMQStreamer(Streamer):
         checked against the authenticated header.
     transport : {"ipc", "tcp"}
         ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only,
-        encrypted and authenticated with per-pass CurveZMQ keys (when libzmq supports CURVE),
-        so other local users cannot connect.
+        and a connection needs a per-pass random password, so other local users cannot connect.
 
     Attributes
     ----------
     rejected : int
-        Messages refused because they were not authentic (sent to the socket by some other
-        process), over all passes. They are dropped, logged, and never end a pass.
+        Messages and tcp connections refused because they were not from the pass's background
+        process, over all passes. They are dropped, logged, and never end a pass.
     timeout : float
         Seconds the process gets to exit after a pass before it is terminated.
 
@@ -177,16 +178,21 @@ class ZMQStreamer(Streamer):
         proc: subprocess.Popen[bytes] | None = None
         control: BinaryIO | None = None
         status: BinaryIO | None = None
+        zap: Any = None
         try:
             sock = context.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.prefetch)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            curve: bytes | None = None
-            if self.transport == "tcp" and zmq.has("curve"):
-                curve, secret = zmq.curve_keypair()
-                sock.setsockopt(zmq.CURVE_SERVER, 1)
-                sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            password: bytes | None = None
+            if self.transport == "tcp":
+                # Who may connect is decided by our own ZAP handler, served in `_consume`.
+                zap = context.socket(zmq.REP)
+                zap.setsockopt(zmq.LINGER, 0)
+                zap.bind(ZAP_ENDPOINT)
+                password = secrets.token_hex(32).encode()
+                sock.setsockopt(zmq.PLAIN_SERVER, 1)
+                sock.setsockopt(zmq.ZAP_DOMAIN, b"headrace")
             if self.transport == "ipc":
                 tmpdir = tempfile.mkdtemp(prefix="headrace-zmq-")  # mode 0700
                 address = f"ipc://{os.path.join(tmpdir, 's')}"
@@ -202,11 +208,11 @@ class ZMQStreamer(Streamer):
                 "cycle": cycle,
                 "prefetch": self.prefetch,
                 "allow_pickle": self.allow_pickle,
-                "curve": curve,
+                "password": password,
             }
             with contextlib.suppress(OSError):  # it died at start: reported below
                 _send_blob(control, cloudpickle.dumps(job))
-            yield from self._consume(zmq, sock, proc, status, key)
+            yield from self._consume(zmq, sock, proc, status, key, zap, password)
         finally:
             if control is not None:
                 with contextlib.suppress(OSError):
@@ -220,11 +226,20 @@ class ZMQStreamer(Streamer):
                 shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _consume(
-        self, zmq: Any, sock: Any, proc: subprocess.Popen[bytes], status: BinaryIO, key: bytes
+        self,
+        zmq: Any,
+        sock: Any,
+        proc: subprocess.Popen[bytes],
+        status: BinaryIO,
+        key: bytes,
+        zap: Any,
+        password: bytes | None,
     ) -> Iterator[Any]:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(status.fileno(), zmq.POLLIN)
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         error: bytes | None = None
         dead = False
         seq = 0
@@ -235,6 +250,8 @@ class ZMQStreamer(Streamer):
                 poller.unregister(status.fileno())  # one message at most, then end of file
                 error = _read_blob(status)
                 dead = error is None
+            if zap is not None and zap in ready:
+                self._authenticate(zap, password)
             if sock in ready:
                 frames = sock.recv_multipart(copy=False)
                 try:
@@ -244,7 +261,7 @@ class ZMQStreamer(Streamer):
                 except FrameError as exc:
                     if exc.authentic:
                         raise  # from our own background process: a bug, not a stranger
-                    self._reject(exc)
+                    self._reject(f"a message ({exc})")
                     continue
                 seq += 1
                 if kind == END:
@@ -255,14 +272,30 @@ class ZMQStreamer(Streamer):
             elif dead:
                 raise _crashed(proc, seq)
 
-    def _reject(self, exc: FrameError) -> None:
+    def _authenticate(self, zap: Any, password: bytes | None) -> None:
+        """Answer one ZAP request: only a peer that knows this pass's password may connect."""
+        frames = zap.recv_multipart()
+        version, request_id = [*frames, b"", b""][:2]
+        mechanism, credentials = (frames[5], frames[6:]) if len(frames) >= 6 else (b"", [])
+        ok = (
+            password is not None
+            and mechanism == b"PLAIN"
+            and len(credentials) == 2
+            and hmac.compare_digest(credentials[1], password)
+        )
+        status = (b"200", b"OK") if ok else (b"400", b"not this stream's background process")
+        zap.send_multipart([version, request_id, *status, b"", b""])
+        if not ok:
+            self._reject("a tcp connection without this pass's password")
+
+    def _reject(self, what: str) -> None:
         self.rejected += 1  # no lock: the streamer stays picklable; passes rarely overlap
         count = self.rejected
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood the log
             log.warning(
-                "ZMQStreamer dropped a message that was not from its background process (%s); "
-                "%d dropped so far. Another process is writing to its socket.",
-                exc,
+                "ZMQStreamer refused %s that was not from its background process; %d refused "
+                "so far. Another process is writing to its socket.",
+                what,
                 count,
             )
 
@@ -380,11 +413,9 @@ def background_main(control_fd: int, status_fd: int) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, job["prefetch"])
-    if job["curve"] is not None:
-        public, secret = zmq.curve_keypair()
-        sock.setsockopt(zmq.CURVE_SERVERKEY, job["curve"])
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    if job["password"] is not None:
+        sock.setsockopt(zmq.PLAIN_USERNAME, b"headrace")
+        sock.setsockopt(zmq.PLAIN_PASSWORD, job["password"])
     sock.connect(job["address"])
     key, seq = job["key"], 0
     try:
