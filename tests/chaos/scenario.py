@@ -92,11 +92,22 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def release_warm_workers() -> None:
+    """End the idle process workers headrace keeps for the program's next run (by design),
+    so that what is counted is what the run left, not the warm pool."""
+    try:
+        from headrace._backends._process import release_warm
+    except ImportError:
+        return
+    release_warm()
+
+
 def warm_up(spec: dict) -> None:
     """Start what lives for the whole program (the forkserver, the resource tracker) before
     the baseline is taken, so that only what the run itself leaves is counted."""
     if any(st["backend"] == "process" for st in spec["stages"]):
         hr.from_iterable([1]).map(abs, backend="process").collect(start_method=spec["start_method"])
+    release_warm_workers()
 
 
 def describe(exc: BaseException | None) -> dict | None:
@@ -163,6 +174,7 @@ def main() -> None:
         errors = [[e.stage, e.index, e.type] for e in report.errors]
     described = describe(error)
     del run, error  # the error's traceback holds the frames that held the run
+    release_warm_workers()
     fds_no_gc = open_fds() - fds_before
     gc.collect()
     extra: list[threading.Thread] = []
