@@ -130,7 +130,10 @@ def array_meta(dtype="<f8", shape=(2,), order="C"):
         (forged(item_head([array_meta(shape=(-2,))], ["a", 0]), [b""]), "non-negative"),
         (forged(item_head([array_meta(shape=(2**40, 2**40))], ["a", 0]), [b""]), "holds 0 bytes"),
         (forged(item_head([array_meta(order="X")], ["a", 0]), [b"\0" * 16]), "order"),
-        (forged(item_head([array_meta()], ["a", 0])), "describes 1 buffers but the message has 0"),
+        (
+            forged(item_head([array_meta()], ["a", 0])),
+            "describes 1 buffers in 1 frames but the message has 0",
+        ),
         (forged(item_head([array_meta()], ["a", 3]), [b"\0" * 16]), "out of range"),
         (forged(item_head([{"type": "bytes"}], ["a", 0]), [b"\0" * 16]), "not of type 'array'"),
         (forged(item_head([], ["q", 0])), "unknown item code"),

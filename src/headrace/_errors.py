@@ -12,6 +12,10 @@ import traceback
 #: Longest text of an item or message kept in an error record or note (security: items may be
 #: huge or hold secrets; 500 characters is enough to recognise one).
 MAX_REPR = 500
+#: Longest text of one field of an error record (message, traceback), and of the traceback a
+#: worker sends back. 8 KiB holds a deep traceback's first frames and its last ones with the
+#: message; a 10 MB message is cut to this, so records of skipped items stay small.
+MAX_RECORD_TEXT = 8 * 1024
 
 
 class HeadraceError(Exception):
@@ -52,7 +56,17 @@ class ClosedError(HeadraceError):
 
 class FrameError(HeadraceError, ValueError):
     """A message from a background stream is malformed or not authentic (it is refused and
-    never unpickled)."""
+    never unpickled).
+
+    ``authentic`` is False when the message failed before or at its authentication (too few
+    frames, a header too long, a bad tag): it may come from anyone who can reach the socket,
+    and `ZMQStreamer` drops and counts it. An authentic message that is malformed can only
+    come from the stream's own writer, and ends the pass.
+    """
+
+    def __init__(self, message: str, *, authentic: bool = True) -> None:
+        super().__init__(message)
+        self.authentic = authentic
 
 
 class RemoteError(HeadraceError):
@@ -86,9 +100,22 @@ def shorten(text: str, limit: int = MAX_REPR) -> str:
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
+def cap_text(text: str, limit: int = MAX_RECORD_TEXT) -> str:
+    """Cut ``text`` to about ``limit`` characters, keeping its head and its tail (where a
+    traceback's first frames and its last line, the message, are) and saying what was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - 2 * half} characters left out] ...\n{text[-half:]}"
+
+
 def format_traceback(exc: BaseException) -> str:
-    """The traceback text of ``exc`` as the worker saw it."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback text of ``exc`` as the worker saw it, capped with `cap_text`.
+
+    Every backend makes the traceback it reports (and a process worker the one it sends
+    through its pipe) with this function, so none of them carries more than `MAX_RECORD_TEXT`.
+    """
+    return cap_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) -> BaseException:

@@ -6,8 +6,10 @@ run options. Builds on the runner and the monitor; `_streams` builds on it.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,8 @@ from ._errors import HeadraceError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Progress, Report
 from ._runner import CLOSE_TIMEOUT, ERROR_GRACE, Execution
+from ._shm import SHM_DIR
+from ._stages import user_stacklevel
 from ._transport import END
 
 
@@ -190,9 +194,38 @@ def _check_run_options(seed: Any, engine: Any, memory: Any, start_method: Any = 
             f"engine={engine!r}: only the local engine (engine=None) exists in this version"
         )
     if memory is not None:
-        parse_bytes(memory)
+        _check_memory(memory, parse_bytes(memory))
     if start_method is not None and start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+
+
+#: A budget below this sends most arrays through the pipe instead of shared memory (each
+#: sending process gets a share of it, and one slot holds one array): warned about.
+MIN_USEFUL_MEMORY = 64 * 2**20
+
+
+def _check_memory(memory: Any, budget: int) -> None:
+    """Refuse a budget this machine cannot honour; warn when one is too small to be useful."""
+    try:
+        st = os.statvfs(SHM_DIR)
+        shm_total = st.f_blocks * st.f_frsize
+    except OSError:
+        shm_total = 0  # no /dev/shm: the budget has nothing to compare with
+    if shm_total and budget > shm_total:
+        raise ValueError(
+            f"memory={memory!r} is {budget:,} bytes, more than {SHM_DIR} holds on this machine "
+            f"({shm_total:,} bytes): it caps the shared memory that process stages use for "
+            "arrays, so it cannot be honoured. Give less, or leave memory=None for a budget "
+            "sized from /dev/shm"
+        )
+    if budget < MIN_USEFUL_MEMORY:
+        warnings.warn(
+            f"headrace: memory={memory!r} is so small that most arrays will go through the "
+            "pipe instead of shared memory (several times slower). Give at least "
+            f"{MIN_USEFUL_MEMORY // 2**20}MiB, or leave memory=None",
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _source(node: Node) -> Callable[[], Iterable[Any]]:

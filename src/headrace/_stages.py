@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,15 @@ AUTO_ITEMS = 64
 AUTO_BYTES = 16 * 2**20
 
 
+#: Most workers one stage may have. Each is a thread or a process with its own stack (and, for
+#: processes, its own interpreter: tens of MB); past a thousand, a machine spends more on
+#: switching and memory than the work gains. Asking for more is refused.
+MAX_WORKERS = 1024
+#: Process workers per core above which a stage warns: CPU-bound processes beyond the cores
+#: only take turns, and each one costs an interpreter's memory.
+PROCESSES_PER_CORE = 4
+
+
 def min_items(workers: int) -> int:
     """Items a channel always accepts: two per worker keep every worker fed across a hand-off
     (the rule behind torch's prefetch_factor=2)."""
@@ -62,6 +74,7 @@ class StageOptions:
         _check_int("workers", self.workers, minimum=1)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        _check_worker_count(self.workers, self.backend)
         if self.backend == "inline" and self.workers != 1:
             raise ValueError(
                 f"workers must be 1 with backend='inline' (got {self.workers}): an inline stage"
@@ -126,6 +139,37 @@ def stage_options(where: str, options: Mapping[str, Any]) -> StageOptions:
     """`StageOptions` from the keywords a stage method got, naming that method on a typo."""
     check_options(where, options, STAGE_OPTIONS, "stage option")
     return StageOptions(**options)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by the caller that points at the user's code:
+    the first frame outside headrace (and outside generated code such as a dataclass's
+    ``__init__``)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(package) or frame.f_code.co_filename.startswith("<")
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_worker_count(workers: int, backend: str) -> None:
+    if workers > MAX_WORKERS:
+        raise ValueError(
+            f"workers={workers} is more than one stage may have ({MAX_WORKERS}): every worker is "
+            "a thread or a process of its own. For I/O-bound calls a few dozen threads are "
+            "usually enough; for CPU-bound ones use about os.cpu_count() process workers"
+        )
+    cores = os.cpu_count() or 1
+    if backend == "process" and workers > PROCESSES_PER_CORE * cores:
+        warnings.warn(
+            f"headrace: workers={workers} processes on {cores} cores: processes beyond the "
+            "cores take turns and each holds its own interpreter's memory. Use about "
+            "os.cpu_count() workers, or backend='thread' for I/O-bound calls",
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _check_int(arg: str, value: object, *, minimum: int) -> None:

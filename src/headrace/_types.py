@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ._errors import MAX_RECORD_TEXT, cap_text
+
 BackendName = Literal["inline", "thread", "process"]
 OnError = Literal["raise", "skip"]
 
@@ -52,13 +54,23 @@ class StageSnapshot:
 
 @dataclass(frozen=True)
 class ErrorRecord:
-    """One item that failed: the stage, the item's index, and what was raised."""
+    """One item that failed: the stage, the item's index, and what was raised.
+
+    Text fields are capped when the record is made (`cap_text`: head and tail, at most about
+    ``MAX_RECORD_TEXT`` characters each), so a report of many skipped items stays small.
+    """
 
     stage: str
     index: int | None
     type: str
     message: str
     traceback: str
+
+    def __post_init__(self) -> None:
+        for field in ("stage", "type", "message", "traceback"):
+            value = getattr(self, field)
+            if isinstance(value, str) and len(value) > MAX_RECORD_TEXT:
+                object.__setattr__(self, field, cap_text(value))
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a plain dict: stage, index, type, message, traceback."""

@@ -103,7 +103,8 @@ def test_slots_are_reused_not_created_per_item() -> None:
 
 def test_items_larger_than_the_budget_go_through_the_pipe() -> None:
     arrays = [np.full(2**20, i, dtype=np.float64) for i in range(3)]
-    out = hr.from_iterable(arrays).map(lambda a: a * 2, **PROC).collect(memory="1MB")
+    with pytest.warns(RuntimeWarning, match="so small"):
+        out = hr.from_iterable(arrays).map(lambda a: a * 2, **PROC).collect(memory="1MB")
     assert [float(a[0]) for a in out] == [0.0, 2.0, 4.0]
     assert all(a.shape == (2**20,) for a in out)
 

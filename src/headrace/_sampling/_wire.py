@@ -4,8 +4,9 @@ Owns: `encode` / `decode` of one item into ZeroMQ frames and the dtype allowlist
 raises `FrameError` (from `_errors`). A message is ``[tag, header, buffer, ...]``: the header
 is JSON (the item's structure, and for each array its dtype, shape and order), the tag its
 HMAC-SHA256 under a per-run random key, and each buffer the raw bytes of one array (or one
-bytes object). Nothing is unpickled unless the reader allows pickle, and then only a buffer
-whose SHA-256 the authenticated header names (RELIABILITY.md, Security). Imports only the core's
+bytes object), cut into frames of at most `MAX_FRAME_BYTES` so that a reader can bound every
+frame it accepts (``ZMQ_MAXMSGSIZE``). Nothing is unpickled unless the reader allows pickle,
+and then only a buffer whose SHA-256 the authenticated header names. Imports only the core's
 `_errors`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import pickle
@@ -29,6 +31,10 @@ ITEM, END, ERROR = "item", "end", "error"
 #: The largest header accepted. An item's structure is small; a 1 MiB header means a
 #: corrupt or hostile frame, not data.
 MAX_HEADER_BYTES = 2**20
+#: The largest frame a writer sends: a longer buffer is cut into several frames (and joined,
+#: with one copy, by the reader). 64 MiB keeps that copy rare (arrays of 8M float64) and
+#: cheap next to moving the bytes through a socket; the reader refuses anything larger.
+MAX_FRAME_BYTES = 64 * 2**20
 #: Deepest nesting of dicts / lists / tuples in an item (deeper is refused, on both sides).
 MAX_DEPTH = 32
 #: Most dimensions of an array (NumPy's own limit is 64).
@@ -67,9 +73,15 @@ class _Encoder:
         self.buffers: list[Any] = []
 
     def add(self, meta: dict[str, Any], buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if view.nbytes > MAX_FRAME_BYTES:
+            parts = range(0, view.nbytes, MAX_FRAME_BYTES)
+            meta["frames"] = len(parts)
+            self.buffers.extend(view[i : i + MAX_FRAME_BYTES] for i in parts)
+        else:
+            self.buffers.append(buffer)
         self.meta.append(meta)
-        self.buffers.append(buffer)
-        return len(self.buffers) - 1
+        return len(self.meta) - 1
 
     def array(self, arr: np.ndarray, scalar: bool) -> list[Any]:
         if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.hasobject:
@@ -161,20 +173,46 @@ def _array(meta: dict[str, Any], frame: Any, copy: bool) -> np.ndarray:
             f"{buffer.nbytes} bytes"
         )
     flat = np.frombuffer(buffer, dtype=dtype) if size else np.empty(0, dtype)
-    arr = flat.reshape(dims) if order == "C" else flat.reshape(dims[::-1]).T
+    try:  # an empty array may still claim dimensions NumPy cannot represent
+        arr = flat.reshape(dims) if order == "C" else flat.reshape(dims[::-1]).T
+    except ValueError as exc:
+        raise FrameError(f"array shape {tuple(dims)} is not valid: {exc}") from None
     if copy or not arr.flags.aligned:
         arr = np.array(arr, order="K")  # aligned and writable
     return arr
 
 
+def _frame_counts(metas: Any, frames: int) -> list[int]:
+    """How many frames each buffer of the header spans (the frames must add up)."""
+    if not isinstance(metas, list):
+        raise FrameError("the header's buffer list is malformed")
+    counts = [
+        _int(m.get("frames", 1), "a frame count") if isinstance(m, dict) else 1 for m in metas
+    ]
+    if any(c == 0 for c in counts) or sum(counts) != frames:
+        raise FrameError(
+            f"the header describes {len(metas)} buffers in {sum(counts)} frames but the "
+            f"message has {frames}"
+        )
+    return counts
+
+
+def _joined(parts: Sequence[Any]) -> Any:
+    """One buffer from the frames it was cut into (one copy, of bytes already received)."""
+    if len(parts) == 1:
+        return parts[0]
+    views = [memoryview(p.buffer if hasattr(p, "buffer") else p).cast("B") for p in parts]
+    if any(v.nbytes != MAX_FRAME_BYTES for v in views[:-1]):
+        raise FrameError(f"a buffer cut into frames has a frame other than {MAX_FRAME_BYTES} bytes")
+    return b"".join(views)
+
+
 class _Decoder:
     def __init__(self, metas: Any, frames: Sequence[Any], allow_pickle: bool, copy: bool):
-        if not isinstance(metas, list) or len(metas) != len(frames):
-            raise FrameError(
-                f"the header describes {len(metas) if isinstance(metas, list) else '?'} "
-                f"buffers but the message has {len(frames)}"
-            )
-        self.metas, self.frames = metas, frames
+        counts = _frame_counts(metas, len(frames))
+        ends = list(itertools.accumulate(counts))
+        self.metas = metas
+        self.frames = [frames[e - c : e] for e, c in zip(ends, counts, strict=True)]
         self.allow_pickle, self.copy = allow_pickle, copy
 
     def buffer(self, index: object, kind: str) -> tuple[dict[str, Any], Any]:
@@ -184,7 +222,7 @@ class _Decoder:
         meta = self.metas[i]
         if not isinstance(meta, dict) or meta.get("type") != kind:
             raise FrameError(f"buffer {i} is not of type {kind!r}")
-        return meta, self.frames[i]
+        return meta, _joined(self.frames[i])
 
     def tree(self, node: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
@@ -241,12 +279,19 @@ def decode(
 ) -> tuple[str, Any]:
     """``(kind, item)`` from the frames of one message; `FrameError` if anything is wrong."""
     if len(frames) < 2:
-        raise FrameError(f"a message needs a tag and a header, got {len(frames)} frame(s)")
+        raise FrameError(
+            f"a message needs a tag and a header, got {len(frames)} frame(s)", authentic=False
+        )
     tag, header = (bytes(f.bytes if hasattr(f, "bytes") else f) for f in frames[:2])
     if len(header) > MAX_HEADER_BYTES:
-        raise FrameError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+        raise FrameError(
+            f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}", authentic=False
+        )
     if not hmac.compare_digest(tag, tag_of(key, header)):
-        raise FrameError("the message is not authentic (bad tag): not from this stream's worker")
+        raise FrameError(
+            "the message is not authentic (bad tag): not from this stream's worker",
+            authentic=False,
+        )
     try:
         head = json.loads(header)
     except (ValueError, RecursionError) as exc:

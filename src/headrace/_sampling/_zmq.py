@@ -10,7 +10,12 @@ Owns: `ZMQStreamer` and the background process's main function. Data flow of one
                                                      the streamer failed; EOF when it dies
 
 Items cross the socket as a JSON header plus raw array bytes (`_wire`), authenticated with a
-per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). The
+per-pass random key; pickle only with ``allow_pickle=True`` (RELIABILITY.md, Security). A
+message that fails authentication (anyone who can reach the socket may send one) is dropped
+and counted, never ends the pass; the socket refuses frames longer than the wire's largest
+(``ZMQ_MAXMSGSIZE``). Over tcp a peer must also pass ZeroMQ's PLAIN handshake with a per-pass
+random password that reaches the background process only through its private control pipe;
+the consumer answers the handshake itself (ZAP), so a stranger cannot connect at all. The
 consumer waits on the socket and the status pipe together, so a dead process is an error, never
 a hang. The process is a fresh interpreter (``python -c``), as with the spawn start method but
 without re-running the caller's main script, so scripts need no ``if __name__ == "__main__"``
@@ -20,6 +25,8 @@ guard (pescador's examples have none). ``pyzmq`` is imported only when a pass st
 from __future__ import annotations
 
 import contextlib
+import hmac
+import logging
 import os
 import secrets
 import shutil
@@ -32,9 +39,17 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from .. import _tempdirs
-from .._errors import WorkerCrashedError, deliver, format_traceback
+from .._errors import FrameError, WorkerCrashedError, deliver, format_traceback
 from ._streamer import Streamer, as_streamer, check_max_items, check_positive
-from ._wire import END, ERROR, decode, encode, encode_end
+from ._wire import (
+    END,
+    ERROR,
+    MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
+    decode,
+    encode,
+    encode_end,
+)
 
 #: Messages each side's socket queues before the producer waits (ZeroMQ's high-water mark).
 #: Up to about twice this many items wait in memory; 16 rides out a hiccup of either side.
@@ -43,7 +58,12 @@ PREFETCH = 16
 JOIN_TIMEOUT = 5.0
 #: After the process has died, milliseconds to keep reading items already on their way.
 DRAIN_MS = 200
+#: Where libzmq asks who may connect (ZAP, RFC 27); one per context, so one per pass.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: ``ZMQ_MAXMSGSIZE`` of the consumer's socket: the wire's largest frame, plus a margin.
+MAX_MESSAGE_BYTES = max(MAX_FRAME_BYTES, MAX_HEADER_BYTES) + 4096
 TRANSPORTS = ("ipc", "tcp")
+log = logging.getLogger("headrace")
 _LENGTH = struct.Struct("<Q")
 _NO_ZMQ = 'ZMQStreamer needs pyzmq: pip install "headrace[zmq]"'
 
@@ -70,7 +90,14 @@ class ZMQStreamer(Streamer):
         Send other objects pickled. A pickled buffer is unpickled only after its digest is
         checked against the authenticated header.
     transport : {"ipc", "tcp"}
-        ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only.
+        ``ipc``: a socket file in a private (0700) temporary directory; ``tcp``: loopback only,
+        and a connection needs a per-pass random password, so other local users cannot connect.
+
+    Attributes
+    ----------
+    rejected : int
+        Messages and tcp connections refused because they were not from the pass's background
+        process, over all passes. They are dropped, logged, and never end a pass.
     timeout : float
         Seconds the process gets to exit after a pass before it is terminated.
 
@@ -105,6 +132,7 @@ class ZMQStreamer(Streamer):
         self.allow_pickle = bool(allow_pickle)
         self.transport = transport
         self.timeout = float(timeout)
+        self.rejected = 0
 
     def __repr__(self) -> str:
         return f"<ZMQStreamer of {self.streamer!r}>"
@@ -149,10 +177,21 @@ class ZMQStreamer(Streamer):
         proc: subprocess.Popen[bytes] | None = None
         control: BinaryIO | None = None
         status: BinaryIO | None = None
+        zap: Any = None
         try:
             sock = context.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.prefetch)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            password: bytes | None = None
+            if self.transport == "tcp":
+                # Who may connect is decided by our own ZAP handler, served in `_consume`.
+                zap = context.socket(zmq.REP)
+                zap.setsockopt(zmq.LINGER, 0)
+                zap.bind(ZAP_ENDPOINT)
+                password = secrets.token_hex(32).encode()
+                sock.setsockopt(zmq.PLAIN_SERVER, 1)
+                sock.setsockopt(zmq.ZAP_DOMAIN, b"headrace")
             if self.transport == "ipc":
                 tmpdir = _tempdirs.make("zmq")  # mode 0700
                 address = f"ipc://{os.path.join(tmpdir, 's')}"
@@ -168,10 +207,11 @@ class ZMQStreamer(Streamer):
                 "cycle": cycle,
                 "prefetch": self.prefetch,
                 "allow_pickle": self.allow_pickle,
+                "password": password,
             }
             with contextlib.suppress(OSError):  # it died at start: reported below
                 _send_blob(control, cloudpickle.dumps(job))
-            yield from self._consume(zmq, sock, proc, status, key)
+            yield from self._consume(zmq, sock, proc, status, key, zap, password)
         finally:
             if control is not None:
                 with contextlib.suppress(OSError):
@@ -185,11 +225,20 @@ class ZMQStreamer(Streamer):
                 shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _consume(
-        self, zmq: Any, sock: Any, proc: subprocess.Popen[bytes], status: BinaryIO, key: bytes
+        self,
+        zmq: Any,
+        sock: Any,
+        proc: subprocess.Popen[bytes],
+        status: BinaryIO,
+        key: bytes,
+        zap: Any,
+        password: bytes | None,
     ) -> Iterator[Any]:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(status.fileno(), zmq.POLLIN)
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         error: bytes | None = None
         dead = False
         seq = 0
@@ -200,11 +249,19 @@ class ZMQStreamer(Streamer):
                 poller.unregister(status.fileno())  # one message at most, then end of file
                 error = _read_blob(status)
                 dead = error is None
+            if zap is not None and zap in ready:
+                self._authenticate(zap, password)
             if sock in ready:
                 frames = sock.recv_multipart(copy=False)
-                kind, item = decode(
-                    frames, seq=seq, key=key, allow_pickle=self.allow_pickle, copy=self.copy
-                )
+                try:
+                    kind, item = decode(
+                        frames, seq=seq, key=key, allow_pickle=self.allow_pickle, copy=self.copy
+                    )
+                except FrameError as exc:
+                    if exc.authentic:
+                        raise  # from our own background process: a bug, not a stranger
+                    self._reject(f"a message ({exc})")
+                    continue
                 seq += 1
                 if kind == END:
                     return
@@ -213,6 +270,33 @@ class ZMQStreamer(Streamer):
                 yield item
             elif dead:
                 raise _crashed(proc, seq)
+
+    def _authenticate(self, zap: Any, password: bytes | None) -> None:
+        """Answer one ZAP request: only a peer that knows this pass's password may connect."""
+        frames = zap.recv_multipart()
+        version, request_id = [*frames, b"", b""][:2]
+        mechanism, credentials = (frames[5], frames[6:]) if len(frames) >= 6 else (b"", [])
+        ok = (
+            password is not None
+            and mechanism == b"PLAIN"
+            and len(credentials) == 2
+            and hmac.compare_digest(credentials[1], password)
+        )
+        status = (b"200", b"OK") if ok else (b"400", b"not this stream's background process")
+        zap.send_multipart([version, request_id, *status, b"", b""])
+        if not ok:
+            self._reject("a tcp connection without this pass's password")
+
+    def _reject(self, what: str) -> None:
+        self.rejected += 1  # no lock: the streamer stays picklable; passes rarely overlap
+        count = self.rejected
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot flood the log
+            log.warning(
+                "ZMQStreamer refused %s that was not from its background process; %d refused "
+                "so far. Another process is writing to its socket.",
+                what,
+                count,
+            )
 
 
 def _start(python: str) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
@@ -329,6 +413,9 @@ def background_main(control_fd: int, status_fd: int) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, job["prefetch"])
+    if job["password"] is not None:
+        sock.setsockopt(zmq.PLAIN_USERNAME, b"headrace")
+        sock.setsockopt(zmq.PLAIN_PASSWORD, job["password"])
     sock.connect(job["address"])
     key, seq = job["key"], 0
     try:

@@ -1,0 +1,67 @@
+"""Error records stay small (issue 15, finding 7): a huge exception message or traceback is cut
+to a few KiB, keeping its head and its tail, in the report of skipped items and in what a
+process worker sends back."""
+
+from __future__ import annotations
+
+import pytest
+
+import headrace as hr
+from headrace._errors import MAX_RECORD_TEXT, cap_text, format_traceback
+from headrace._types import ErrorRecord
+
+BIG = 2 * 2**20  # characters of each message
+
+
+def huge(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"start-{x}-" + "m" * BIG + f"-end-{x}")
+    return x
+
+
+def test_cap_text_keeps_head_and_tail() -> None:
+    text = "H" * 10_000 + "T" * 10_000
+    capped = cap_text(text, 1000)
+    assert capped.startswith("H" * 500) and capped.endswith("T" * 500)
+    assert "19000 characters left out" in capped
+    assert cap_text("short", 1000) == "short"
+
+
+def test_a_record_made_with_huge_fields_is_capped() -> None:
+    record = ErrorRecord("s", 1, "ValueError", "x" * 10**6, "y" * 10**6)
+    assert len(record.message) < MAX_RECORD_TEXT + 100
+    assert len(record.traceback) < MAX_RECORD_TEXT + 100
+
+
+def test_format_traceback_is_capped_and_ends_with_the_message() -> None:
+    try:
+        huge(1)
+    except ValueError as exc:
+        text = format_traceback(exc)
+    assert len(text) < MAX_RECORD_TEXT + 100
+    assert text.startswith("Traceback") and text.rstrip().endswith("-end-1")
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_skipped_items_with_huge_messages_leave_a_small_report(backend: str) -> None:
+    stream = hr.from_iterable(range(10)).map(huge, workers=2, backend=backend, on_error="skip")
+    with stream.open() as run:
+        assert sorted(run) == [0, 2, 4, 6, 8]
+        report = run.report()
+    errors = report.to_dict()["errors"]
+    assert sorted(e["index"] for e in errors) == [1, 3, 5, 7, 9]
+    for e in errors:
+        assert e["type"] == "ValueError"
+        assert len(e["message"]) <= MAX_RECORD_TEXT + 100
+        assert len(e["traceback"]) <= MAX_RECORD_TEXT + 100
+        assert e["message"].startswith(f"start-{e['index']}-")
+        assert e["traceback"].startswith("Traceback")
+        assert e["traceback"].rstrip().endswith(f"-end-{e['index']}")  # the tail is kept
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_raised_huge_error_keeps_its_message_and_a_capped_worker_traceback(backend: str) -> None:
+    with pytest.raises(ValueError) as info:
+        hr.from_iterable([1]).map(huge, backend=backend).collect()
+    assert str(info.value).endswith("-end-1")  # the user's exception itself is untouched
+    assert len(str(info.value.__cause__)) < MAX_RECORD_TEXT + 200
