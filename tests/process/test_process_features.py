@@ -478,3 +478,16 @@ def test_closed_runs_release_their_file_descriptors_without_the_gc() -> None:
         assert count() <= before + 2, (before, count())
     finally:
         gc.enable()
+
+
+def test_a_warm_worker_draws_afresh_for_each_run() -> None:
+    """The same seed gives the same draws in the next run, also on the same (warm) worker: no
+    generator made for an item of an earlier run is reused."""
+
+    def draw(x: int) -> float:
+        return float(hr.rng().random())
+
+    stream = hr.from_iterable(range(5)).map(draw, backend="process")
+    first = stream.collect(seed=3)
+    assert stream.collect(seed=3) == first
+    assert stream.collect(seed=3) == first

@@ -390,10 +390,12 @@ _ZERO = memoryview(bytes(8)).cast("q")  # a mark that always says position 0
 
 def set_chunk(seed: int, position: int, keys: Sequence[int], mark: memoryview) -> None:
     _item.context = (seed, position, keys, mark)
+    _item.rng = None  # a generator made for an earlier run's item must not be reused
 
 
 def set_item(seed: int, position: int, key: int) -> None:
     _item.context = (seed, position, (key,), _ZERO)
+    _item.rng = None
 
 
 def save_context() -> Any:
