@@ -79,7 +79,8 @@ def owner_pid(name: str) -> int | None:
     return int(parts[1])
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` lives (another user's counts as alive: never the wrong way)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,7 +98,7 @@ def stale_segments() -> list[str]:
     except OSError:
         return []
     owners = {name: owner_pid(name) for name in names}
-    alive = {pid: _alive(pid) for pid in set(owners.values()) if pid is not None}
+    alive = {pid: pid_alive(pid) for pid in set(owners.values()) if pid is not None}
     return sorted(n for n, pid in owners.items() if pid is not None and not alive[pid])
 
 

@@ -19,6 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ._shm import pid_alive
+
 PREFIX = "headrace-"
 
 _swept = False
@@ -43,16 +45,6 @@ def owner_pid(name: str) -> int | None:
     return int(parts[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
 def stale(folder: str | None = None) -> list[str]:
     """Paths of this user's headrace folders in ``folder`` (the temp dir) whose owner is dead.
 
@@ -70,7 +62,7 @@ def stale(folder: str | None = None) -> list[str]:
             continue
         with contextlib.suppress(OSError):
             mine = entry.stat(follow_symlinks=False).st_uid == os.getuid()
-            if mine and entry.is_dir(follow_symlinks=False) and not _alive(pid):
+            if mine and entry.is_dir(follow_symlinks=False) and not pid_alive(pid):
                 found.append(str(root / entry.name))
     return sorted(found)
 

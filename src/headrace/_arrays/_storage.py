@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import _shm
+from .._shm import pid_alive
 
 Kind = Literal["local", "shm", "file"]
 Storage = Literal["auto", "shm", "file"]
@@ -208,16 +209,6 @@ def _owner(name: str) -> int | None:
     return int(parts[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_folders(root: str | None = None) -> list[Path]:
     """ArrayJob folders in the temp dir whose owning process is dead."""
     base = Path(root or tempfile.gettempdir())
@@ -225,7 +216,7 @@ def stale_folders(root: str | None = None) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in os.scandir(base):
             pid = _owner(entry.name)
-            if pid is None or _alive(pid):
+            if pid is None or pid_alive(pid):
                 continue
             path = Path(entry.path)
             with contextlib.suppress(OSError):

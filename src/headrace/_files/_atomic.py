@@ -14,6 +14,8 @@ import re
 import secrets
 from pathlib import Path
 
+from .._shm import pid_alive
+
 #: Marks a temporary output: ``.<stem>.hrtmp-<pid>-<token><suffix>``.
 TEMP_MARK = ".hrtmp-"
 _TEMP = re.compile(r"^\..*\.hrtmp-(\d+)-[0-9a-f]+(\.[^/]*)?$")
@@ -66,16 +68,6 @@ def discard(temporary: Path) -> None:
         temporary.unlink()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_strays(folders: set[Path]) -> list[Path]:
     """Remove the temporaries in ``folders`` whose writer is no longer running."""
     removed = []
@@ -88,7 +80,7 @@ def remove_strays(folders: set[Path]) -> list[Path]:
             match = _TEMP.match(entry.name)
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if _alive(int(match.group(1))):
+            if pid_alive(int(match.group(1))):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
