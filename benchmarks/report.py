@@ -229,12 +229,6 @@ def _ratio_of(data: dict[str, Any], workload: str, other: str, metric: str) -> f
 TARGETS: list[Target] = [
     (
         3,
-        "W1",
-        "items/s ≥ 1.5x multiprocessing.Pool imap with a tuned chunksize",
-        lambda d: _at_least(_ratio_of(d, "W1", "pool-tuned", "items_per_s"), 1.5, "{value:.2f}x"),
-    ),
-    (
-        3,
         "W2a",
         "GB/s ≥ 3x torch DataLoader",
         lambda d: _at_least(_ratio_of(d, "W2a", "dataloader", "gb_per_s"), 3.0, "{value:.2f}x"),
