@@ -154,10 +154,6 @@ class Sizer:
             wanted = max(1, min(self.cap, by_time, by_bytes))
             self.size = min(wanted, 2 * self.size) if wanted > self.size else wanted
 
-    @property
-    def per_item_bytes(self) -> float:
-        return self._per_item_bytes
-
 
 class SourceReader:
     """Reads a source's iterable in chunks, at C speed for cheap iterables (``islice``).
@@ -169,8 +165,7 @@ class SourceReader:
     """
 
     def __init__(self, iterable: Any, count_bytes: bool) -> None:
-        self._iterator: Iterator[Any] = iter(iterable)
-        self.iterator = self._iterator
+        self.iterator: Iterator[Any] = iter(iterable)
         self._count_bytes = count_bytes
         self._size = 1
         self._cheap = 0  # cheap chunks in a row
@@ -184,9 +179,9 @@ class SourceReader:
         start = time.perf_counter()
         try:
             if self._size == 1:
-                values.append(next(self._iterator))
+                values.append(next(self.iterator))
             else:
-                values.extend(itertools.islice(self._iterator, self._size))
+                values.extend(itertools.islice(self.iterator, self._size))
         except StopIteration:
             pass
         except BaseException as exc:  # the items pulled before it are kept

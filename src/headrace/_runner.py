@@ -469,9 +469,6 @@ class StageRunner:
             self.ended = time.perf_counter()
         self.fanout.close()
 
-    def item_context(self, key: int) -> None:
-        set_item(self.execution.seed, self.position, key)
-
     @property
     def seed(self) -> int:
         return self.execution.seed
