@@ -86,3 +86,29 @@ def test_import_does_not_pull_optional_dependencies() -> None:
     assert done.returncode == 0, done.stderr
     imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert imported == [], f"`import headrace` imported optional dependencies: {imported}"
+
+
+def test_import_and_a_process_worker_without_arrays_stay_light() -> None:
+    """``import headrace`` loads neither NumPy nor the domains, and a process pipeline of
+    plain items never makes its parent or its workers import NumPy (a worker starts sooner)."""
+    code = (
+        "import json, sys\n"
+        "import headrace as hr\n"
+        "after_import = sorted(m for m in sys.modules if m == 'numpy' or m.startswith("
+        "('headrace._sampling', 'headrace._files', 'headrace._arrays')))\n"
+        "def probe(x):\n"
+        "    import sys\n"
+        "    return 'numpy' in sys.modules\n"
+        "stream = hr.from_iterable(range(4)).map(probe, workers=2, backend='process')\n"
+        "in_workers = stream.collect()\n"
+        "print(json.dumps([after_import, in_workers, 'numpy' in sys.modules]))\n"
+        "hr.from_iterable(range(2)).map(abs).collect()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    after_import, in_workers, in_parent = json.loads(done.stdout.strip().splitlines()[-1])
+    assert after_import == [], f"`import headrace` imported {after_import}"
+    assert in_workers == [False] * 4, "a process worker of plain items imported NumPy"
+    assert in_parent is False, "a process pipeline of plain items imported NumPy in the parent"

@@ -12,7 +12,9 @@ Examples
 
 from __future__ import annotations
 
-from ._arrays import ArrayJob
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     ClosedError,
     FrameError,
@@ -22,22 +24,67 @@ from ._errors import (
     StageTimeoutError,
     WorkerCrashedError,
 )
-from ._files import FileJob, FileResult, FileStep
-from ._monitor import Report
-from ._run import Run
-from ._sampling import (
-    ChainMux,
-    ProcessStreamer,
-    RoundRobinMux,
-    ShuffledMux,
-    StochasticMux,
-    Streamer,
-    ZMQStreamer,
-    sample_npy,
-    sample_npz,
-)
-from ._streams import Stream, from_iterable, merge, render, rng, run, to_dot, zip
 from ._types import ErrorRecord, StageSnapshot
+
+if TYPE_CHECKING:
+    from ._arrays import ArrayJob
+    from ._files import FileJob, FileResult, FileStep
+    from ._monitor import Report
+    from ._run import Run
+    from ._sampling import (
+        ChainMux,
+        ProcessStreamer,
+        RoundRobinMux,
+        ShuffledMux,
+        StochasticMux,
+        Streamer,
+        ZMQStreamer,
+        sample_npy,
+        sample_npz,
+    )
+    from ._streams import Stream, from_iterable, merge, render, rng, run, to_dot, zip
+
+#: Where each public name lives. They are imported on first use, so ``import headrace`` is
+#: quick and a process worker (which imports the package) starts without the domains.
+_LAZY = {
+    "ArrayJob": "_arrays",
+    "FileJob": "_files",
+    "FileResult": "_files",
+    "FileStep": "_files",
+    "Report": "_monitor",
+    "Run": "_run",
+    **dict.fromkeys(
+        [
+            "ChainMux",
+            "ProcessStreamer",
+            "RoundRobinMux",
+            "ShuffledMux",
+            "StochasticMux",
+            "Streamer",
+            "ZMQStreamer",
+            "sample_npy",
+            "sample_npz",
+        ],
+        "_sampling",
+    ),
+    **dict.fromkeys(
+        ["Stream", "from_iterable", "merge", "render", "rng", "run", "to_dot", "zip"], "_streams"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headrace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])
+
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,8 @@ use), capacity, and the pid of the process that holds it. A receiver checks the 
 it reads. Slots are registered with multiprocessing's resource tracker, which removes them if
 every process of the run is killed; `remove_run` removes them when the run ends.
 
-Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports numpy,
+Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports numpy only
+to read a slot (a program that sends arrays has it),
 nothing from headrace.
 """
 
@@ -44,9 +45,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 SHM_DIR = Path("/dev/shm")
 #: Buffers at least this large travel through shared memory; smaller ones in the pipe (a
@@ -326,6 +329,8 @@ class Mapper:
             raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
         # An ndarray, not a memoryview: a memoryview made from it (as pickle and numpy do)
         # refers to this array, so the finalizer waits for the last view of the data.
+        import numpy as np  # loaded already: the sender made an array
+
         region = np.frombuffer(memory, dtype=np.uint8, count=length, offset=HEADER + offset)
         weakref.finalize(region, _free, memory)
         return region

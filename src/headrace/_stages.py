@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -16,9 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ._types import BACKENDS, ON_ERROR
+from ._types import BACKENDS, ON_ERROR, loaded_numpy
 
 #: Stages that call the user's function once per item; they can run fused into their producer.
 CALL_KINDS = frozenset({"map", "filter", "flat_map", "sink", "route"})
@@ -173,7 +172,7 @@ def _check_worker_count(workers: int, backend: str) -> None:
 
 
 def _check_int(arg: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{arg} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{arg} must be >= {minimum}, got {value}")
@@ -213,7 +212,8 @@ def collate_auto(items: list[Any]) -> Any:
     [1, 2, 3]
     """
     first = items[0]
-    if isinstance(first, np.ndarray | np.generic):
+    np = loaded_numpy()
+    if np is not None and isinstance(first, np.ndarray | np.generic):
         return np.stack(items)
     if isinstance(first, Mapping):
         return {k: collate_auto([item[k] for item in items]) for k in first}
@@ -273,6 +273,8 @@ def _slice(batch: Any, start: int, stop: int) -> Any:
 def _concat(parts: list[Any]) -> Any:
     if len(parts) == 1:
         return parts[0]
+    import numpy as np  # rebatch works on arrays (and concatenates lists through them)
+
     if isinstance(parts[0], Mapping):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return np.concatenate(parts)

@@ -11,12 +11,12 @@ import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from . import _graph
-from ._adapters import torch_dataset
 from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError
 from ._graph import Node, Plan, compile_plan
@@ -339,6 +339,8 @@ class Stream:
         [(2, 2), (2, 2)]
         """
         check_options("Stream.to_torch", run_options, RUN_OPTIONS, "run option")
+        from ._adapters import torch_dataset  # NumPy and torch: on use
+
         return torch_dataset(self, run_options, tensors)
 
 
@@ -528,6 +530,8 @@ def rng() -> np.random.Generator:
     >>> a == b
     True
     """
+    import numpy as np
+
     entropy = item_entropy()
     if entropy is None:
         return np.random.default_rng()

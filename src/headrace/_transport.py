@@ -9,7 +9,7 @@ are the items' indices (a `range` when they are consecutive) and ``values`` a li
 a get moves a whole chunk under one lock, with one wake-up. The capacity counts items: a
 channel accepts a chunk while it holds fewer items than its capacity (and fewer bytes of array
 data than its byte bound), so it holds at most one chunk beyond its capacity.
-Imports nothing from headrace.
+Imports only `_types` from headrace (and never NumPy: see `loaded_numpy`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import numpy as np
+from ._types import loaded_numpy
 
 
 class _End:
@@ -268,14 +268,18 @@ def nbytes(value: Any) -> int:
     list or dict (the shapes of ML samples); other objects count as 0."""
     if type(value) in _PLAIN:
         return 0
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
     if isinstance(value, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
         return len(value)
+    np = loaded_numpy()
+    if np is None:
+        return 0
+    ndarray = np.ndarray
+    if isinstance(value, ndarray):
+        return int(value.nbytes)
     if isinstance(value, (tuple, list)):
-        return sum(v.nbytes for v in value if isinstance(v, np.ndarray))
+        return sum(v.nbytes for v in value if isinstance(v, ndarray))
     if isinstance(value, dict):
-        return sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+        return sum(v.nbytes for v in value.values() if isinstance(v, ndarray))
     return 0
 
 

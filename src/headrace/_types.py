@@ -6,6 +6,7 @@ the stage options. Imports nothing from headrace but `_errors`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -75,3 +76,9 @@ class ErrorRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as a plain dict: stage, index, type, message, traceback."""
         return asdict(self)
+
+
+def loaded_numpy() -> Any:
+    """NumPy if this program has imported it, else None: no array can exist without it, so the
+    core never imports NumPy itself (a worker of a pipeline without arrays starts faster)."""
+    return sys.modules.get("numpy")

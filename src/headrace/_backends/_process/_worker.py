@@ -31,7 +31,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
-import numpy as np
 
 from ..._errors import format_traceback
 from ..._shm import (
@@ -43,6 +42,7 @@ from ..._shm import (
     remove_run,
 )
 from ..._stages import STREAM_KINDS
+from ..._types import loaded_numpy
 from .._base import (
     Chunk,
     Done,
@@ -93,7 +93,6 @@ def _run_job(
     global _token
     _token = spec.token
     child = ChildWork(spec, slot, tasks, results)
-    _seed_globals(spec.seed, spec.position, slot, incarnation)
     logging.getLogger().handlers[:] = [PipeLogHandler(child)]
     logging.getLogger().setLevel(spec.log_level)
     try:
@@ -102,6 +101,7 @@ def _run_job(
         except BaseException as exc:
             child.setup_failed(exc, format_traceback(exc))
             return
+        _seed_globals()  # after the function's own imports (NumPy among them)
         if spec.kind in STREAM_KINDS:
             run_stream(child)
             child.flush()
@@ -142,13 +142,15 @@ def _watch_parent(alive: Connection) -> None:
     os._exit(1)
 
 
-def _seed_globals(seed: int, position: int, slot: int, incarnation: int) -> None:
-    """Distinct global `random` and NumPy legacy streams in every worker (a forked or
-    forkserver worker would otherwise repeat its siblings' draws)."""
-    sequence = np.random.SeedSequence([seed, position, slot, incarnation, os.getpid()])
-    state = sequence.generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
+def _seed_globals() -> None:
+    """Distinct global `random` and NumPy legacy streams in every worker and job (a forked or
+    forkserver worker would otherwise repeat its siblings' draws), from the OS's entropy:
+    reproducible draws come from `hr.rng()`. NumPy only if the program loaded it (a NumPy
+    imported later seeds itself from the OS)."""
+    random.seed()
+    np = loaded_numpy()
+    if np is not None:
+        np.random.seed()
 
 
 class ChildWork:
