@@ -576,7 +576,7 @@ class Execution:
         self.plan = plan
         self.start_method = start_method
         # The shared-memory budget of each process that sends arrays: the parent and every
-        # worker of each process stage.
+        # worker of each process stage (a stage's workers pool theirs: `_shm.StagePool`).
         senders = sum(n.options.workers + 1 for n in plan.nodes if n.options.backend == "process")
         budget = default_budget() if memory is None else memory
         self.shm_budget = budget // max(1, senders)

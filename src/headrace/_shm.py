@@ -1,6 +1,7 @@
 """Shared memory for arrays that cross processes, and the codec that uses it.
 
-Owns: `SlotPool` (one sending process's reusable shared-memory slots), `Mapper` (a receiving
+Owns: `SlotPool` (one sending process's reusable shared-memory slots), `StagePool` (the
+slots all the workers of one stage share), `Mapper` (a receiving
 process's view of other processes' slots), `encode` / `decode` (pickle protocol 5 with the
 large buffers out of band), `remove_run` (the clean-up of a run's segments).
 
@@ -34,6 +35,7 @@ nothing from headrace.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import pickle
@@ -304,6 +306,104 @@ class SlotPool:
                 ResourceWarning,
                 stacklevel=2,
             )
+
+
+class StagePool(SlotPool):
+    """The slots that all the workers of one stage send from: a slot the consumer freed is
+    reused by whichever worker sends next, so a stage holds as many slots as it has arrays in
+    flight, not that many per worker.
+
+    A directory segment (made by the parent with `make_directory`) lists the stage's slots;
+    a worker takes or makes a slot under an exclusive ``flock`` on it, and maps the slots other
+    workers made as it meets them. A slot goes from free to in use only under the lock (the
+    receiver frees it by writing its header). The slots are never removed here: the parent
+    removes the run's files when the stage ends (`remove_run`), while the consumer may still
+    read them.
+    """
+
+    def __init__(self, token: str, budget: int, directory: str) -> None:
+        super().__init__(token, budget)
+        self._fd = os.open(SHM_DIR / directory, os.O_RDWR)
+        self._directory = mmap.mmap(self._fd, 0)
+        self._known = 0  # directory entries mapped in this process
+
+    def take(self, size: int, holder: int) -> Slot | None:
+        with self._lock:
+            if self._closed:
+                return None
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                return self._take_locked(size, holder)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _take_locked(self, size: int, holder: int) -> Slot | None:
+        count, reserved = self._catch_up()
+        for slot in self._slots:
+            if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
+                slot.hold(holder)
+                return slot
+        capacity = _round_up(size)
+        if reserved + capacity > self.budget or count >= _DIRECTORY_ENTRIES:
+            self.fallbacks += 1
+            return None
+        made = self._create(capacity)
+        if made is None:
+            self.fallbacks += 1
+            return None
+        _ENTRY.pack_into(
+            self._directory, _DIR_HEAD.size + count * _ENTRY.size, made.name.encode(), capacity
+        )
+        _DIR_HEAD.pack_into(self._directory, 0, _DIR_MAGIC, count + 1, reserved + capacity)
+        self._known = count + 1
+        made.hold(holder)
+        return made
+
+    def _catch_up(self) -> tuple[int, int]:
+        """Map the slots other workers made since the last look; (entries, bytes reserved)."""
+        magic, count, reserved = _DIR_HEAD.unpack_from(self._directory, 0)
+        if magic != _DIR_MAGIC:
+            raise ValueError("the stage's shared-memory directory has a bad header")
+        for index in range(self._known, count):
+            raw, capacity = _ENTRY.unpack_from(
+                self._directory, _DIR_HEAD.size + index * _ENTRY.size
+            )
+            name = raw.rstrip(b"\0").decode()
+            try:
+                memory = attach(name)
+            except (OSError, ValueError):
+                continue  # removed: the stage is ending
+            self._slots.append(Slot(name, capacity, memory))
+        self._known = count
+        return count, reserved
+
+    def close(self) -> None:
+        """Unmap this process's view of the slots (the parent removes the files)."""
+        with self._lock:
+            self._closed = True
+            for slot in self._slots:
+                with contextlib.suppress(BufferError):
+                    slot.memory.close()
+            self._slots.clear()
+            with contextlib.suppress(BufferError):
+                self._directory.close()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+
+#: A stage's slot directory: magic, entries, bytes reserved; then (name, capacity) entries.
+_DIR_HEAD = struct.Struct("<4sIQ")
+_ENTRY = struct.Struct("<56sQ")
+_DIR_MAGIC = b"HRD1"
+#: Most slots one stage's workers make (a stage holds about as many as it has arrays in flight).
+_DIRECTORY_ENTRIES = 1024
+
+
+def make_directory(name: str) -> None:
+    """Create the (empty) slot directory of a stage whose workers share a `StagePool`."""
+    memory = create(name, _DIR_HEAD.size + _DIRECTORY_ENTRIES * _ENTRY.size)
+    _DIR_HEAD.pack_into(memory, 0, _DIR_MAGIC, 0, 0)
+    memory.close()
 
 
 def _round_up(size: int) -> int:

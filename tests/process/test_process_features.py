@@ -153,6 +153,36 @@ def test_codec_round_trip_and_slot_reuse_in_one_process() -> None:
     assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}")]
 
 
+def test_workers_of_a_stage_share_their_slots() -> None:
+    """A slot one worker made and the consumer freed is reused by another worker of the stage
+    (two `StagePool`s on one directory stand for two worker processes); the budget is the
+    stage's, not each worker's."""
+    token, mapper = _shm.run_token(), _shm.Mapper()
+    directory = f"hr-{token}-slots"
+    _shm.make_directory(directory)
+    size = _shm._round_up(T * 8)
+    one, two = (_shm.StagePool(token, 2 * size, directory) for _ in range(2))
+    try:
+        data, places = _shm.encode(np.full(T, 1.0), one, os.getpid())
+        got = _shm.decode(data, places, mapper)
+        assert float(got[0]) == 1.0
+        del got  # the consumer is done: the slot is free for any worker
+        data, again = _shm.encode(np.full(T, 2.0), two, os.getpid())
+        assert again[0][0] == places[0][0], "the other worker made a new slot"
+        held = _shm.decode(data, again, mapper)
+        # the slot is in use: one more slot fits the stage's budget, a third does not
+        _shm.encode(np.full(T, 3.0), one, os.getpid())
+        _data, overflow = _shm.encode(np.full(T, 4.0), two, os.getpid())
+        assert overflow == [] and two.fallbacks == 1
+        assert float(held[0]) == 2.0
+    finally:
+        one.close()
+        two.close()
+        mapper.close()
+        _shm.remove_run(token)
+    assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{token}")]
+
+
 def test_a_slot_with_a_bad_header_is_refused() -> None:
     pool, mapper = _shm.SlotPool(_shm.run_token(), 2**26), _shm.Mapper()
     try:

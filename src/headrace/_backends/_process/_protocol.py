@@ -100,6 +100,10 @@ class Spec:
         self.token = token
         self.budget = budget
         self.progress = progress
+        #: The slot directory the stage's workers share (`_shm.StagePool`), with the budget of
+        #: all of them: each worker may use what another one does not.
+        self.slots = f"hr-{token}-slots"
+        self.slots_budget = budget * work.options.workers
         self.parent = os.getpid()
         self.log_level = logging.getLogger().getEffectiveLevel()
 

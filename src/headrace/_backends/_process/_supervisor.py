@@ -42,6 +42,7 @@ from ..._shm import (
     create,
     decode,
     encode,
+    make_directory,
     remove_run,
     run_token,
     sweep_stale,
@@ -185,6 +186,7 @@ class ProcessWorkers(Workers):
         progress = f"hr-{self.token}-progress"
         self.spec = Spec(work, self.token, budget, progress)  # fails first if fn cannot travel
         self._progress = _create_progress(progress, work.options.workers)
+        make_directory(self.spec.slots)
         self.pool = SlotPool(self.token, budget)
         self.mapper = Mapper()
         self._lock = threading.Lock()

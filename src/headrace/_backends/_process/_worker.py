@@ -35,7 +35,7 @@ import cloudpickle
 from ..._errors import format_traceback
 from ..._shm import (
     Mapper,
-    SlotPool,
+    StagePool,
     attach,
     decode,
     encode,
@@ -171,7 +171,7 @@ class ChildWork:
         self._tasks = tasks
         self._results = results
         self._send_lock = threading.Lock()
-        self.pool = SlotPool(spec.token, spec.budget)
+        self.pool = StagePool(spec.token, spec.slots_budget, spec.slots)
         self.mapper = Mapper()
         self._progress = attach(spec.progress)
         # Where the worker's loop writes the position of the item it calls (see `Caller`).
