@@ -63,6 +63,7 @@ DEFAULT_BUDGET = 2 * 2**30
 SHM_FRACTION = 0.25
 
 HEADER = 64
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 _MAGIC = b"HRS1"
 _FREE, _USED = 0, 1
 # magic, state, capacity (data bytes), holder pid
@@ -162,7 +163,9 @@ def attach(name: str) -> mmap.mmap:
         raise ValueError(f"not a headrace shared-memory segment: {name!r}")
     fd = os.open(SHM_DIR / name, os.O_RDWR)
     try:
-        return mmap.mmap(fd, 0)
+        # The slot's pages exist (its sender wrote them): map them all in one call instead of
+        # one page fault per 4 KiB on first read (8 MiB: 4 ms instead of 10 ms here).
+        return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | _POPULATE)
     finally:
         os.close(fd)
 
