@@ -19,6 +19,7 @@ from ._errors import (
     GraphError,
     HeadraceError,
     RemoteError,
+    SerializationError,
     StageTimeoutError,
     WorkerCrashedError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Report",
     "RoundRobinMux",
     "Run",
+    "SerializationError",
     "ShuffledMux",
     "StageSnapshot",
     "StageTimeoutError",
