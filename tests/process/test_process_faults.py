@@ -375,6 +375,33 @@ def test_dropped_iterator_and_interpreter_exit_without_close() -> None:
     assert not wait_gone(mark, 2.0)
 
 
+def test_workers_killed_at_exit_are_not_replaced() -> None:
+    """At interpreter exit headrace kills an open run's workers; its supervisors (still
+    running) must not start replacements, which multiprocessing would then wait for forever
+    (the exit above hung about one time in five)."""
+    mark = uuid.uuid4().hex
+    proc = start_scenario(
+        """
+        import itertools, multiprocessing, multiprocessing.util
+        run = hr.from_iterable(itertools.count()).map(lambda x: x, workers=2,
+            backend="process").open()
+        next(run), next(run)
+        multiprocessing.util._run_finalizers(0)  # what interpreter exit runs first
+        time.sleep(1.0)  # time enough for a supervisor to start a replacement
+        print("ALIVE", len([p for p in multiprocessing.active_children() if p.is_alive()]),
+              flush=True)
+        """,
+        mark,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_marked(mark)
+    assert proc.returncode == 0, err
+    assert out.split() == ["ALIVE", "0"], (out, err[-2000:])
+    assert not wait_gone(mark, 2.0)
+
+
 def _wait_until(
     proc: subprocess.Popen[str], done: Callable[[str], bool], timeout: float, what: str
 ) -> str:

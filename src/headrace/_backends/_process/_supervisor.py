@@ -207,13 +207,16 @@ class ProcessWorkers(Workers):
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # Set once every worker was killed (interpreter exit, a close that ran late): a
+        # supervisor must not start a replacement for a killed worker then.
+        self._killed = threading.Event()
         self._finalizer = multiprocessing.util.Finalize(
-            self, _kill_all, args=(self._procs, self.token), exitpriority=100
+            self, _kill_all, args=(self._procs, self.token, self._killed), exitpriority=100
         )
         try:  # here, in the thread that starts the run: a failure to start raises to it
             procs = [self._start_first(slot) for slot in range(work.options.workers)]
         except BaseException:
-            _kill_all(self._procs, self.token)
+            _kill_all(self._procs, self.token, self._killed)
             self._cleanup()
             raise
         work.on_cancel(self.wake)
@@ -235,7 +238,7 @@ class ProcessWorkers(Workers):
             os.write(self._wake_w, b"x")
 
     def cancelled(self) -> bool:
-        return self.closing or _cancelled(self.work)
+        return self.closing or self._killed.is_set() or _cancelled(self.work)
 
     # --- starting and stopping workers --------------------------------------------------
 
@@ -246,6 +249,9 @@ class ProcessWorkers(Workers):
         self.pipe_safe = max(PIPE_SAFE, proc.pipe_bytes // 2)
         with self._lock:
             self._procs[slot] = proc
+        if self._killed.is_set():  # every worker was killed meanwhile (the program exits)
+            proc.kill()
+            raise Cancelled
         # One that died while idle shows in its sentinel; the supervisor replaces it.
         with contextlib.suppress(OSError):
             proc.start_job(self.spec, slot, self._incarnations[slot])
@@ -658,12 +664,12 @@ class ProcessWorkers(Workers):
                     thread.join(max(0.0, deadline - time.monotonic()))
         except BaseException:  # a second Ctrl-C while closing: kill at once
             self.closing = True
-            _kill_all(self._procs, None)
+            _kill_all(self._procs, None, self._killed)
             raise
         if any(t.is_alive() for t in self._threads):
             self.closing = True
             self.wake()
-            _kill_all(self._procs, None)
+            _kill_all(self._procs, None, self._killed)
             for thread in self._threads:
                 thread.join(0.5)
         with self._lock:
@@ -763,8 +769,11 @@ def _create_progress(name: str, workers: int) -> mmap.mmap:
     return board
 
 
-def _kill_all(procs: dict[int, Proc], token: str | None) -> None:
-    """Kill every worker at once (interpreter exit, a second Ctrl-C, a close that ran late)."""
+def _kill_all(procs: dict[int, Proc], token: str | None, killed: threading.Event) -> None:
+    """Kill every worker at once (interpreter exit, a second Ctrl-C, a close that ran late);
+    ``killed`` tells the supervisors not to replace them (at interpreter exit a replacement
+    would be a live child that multiprocessing waits for forever)."""
+    killed.set()
     for proc in list(procs.values()):
         proc.kill()
     for proc in list(procs.values()):
