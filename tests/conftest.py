@@ -147,8 +147,13 @@ def _temp_entries() -> set[str]:
         names = os.listdir(tempfile.gettempdir())
     except OSError:
         return set()
+    # This process's multiprocessing temp folder (headrace's ``-mp-`` one, holding pymp-*)
+    # lasts as long as the program, like the forkserver whose socket it holds.
+    own = f"headrace-{os.getpid()}-mp-"
     return {
-        n for n in names if n.startswith(("headrace", "tmp")) and not n.startswith("pytest-of-")
+        n
+        for n in names
+        if n.startswith(("headrace", "tmp")) and not n.startswith(("pytest-of-", own))
     }
 
 

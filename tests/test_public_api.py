@@ -68,6 +68,7 @@ def test_error_tree_has_one_root() -> None:
         "StageTimeoutError",
         "ClosedError",
         "RemoteError",
+        "SerializationError",
     ):
         assert issubclass(getattr(headrace, name), headrace.HeadraceError), name
     assert issubclass(headrace.HeadraceError, Exception)

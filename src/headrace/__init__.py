@@ -21,6 +21,7 @@ from ._errors import (
     GraphError,
     HeadraceError,
     RemoteError,
+    SerializationError,
     StageTimeoutError,
     WorkerCrashedError,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "Report",
     "RoundRobinMux",
     "Run",
+    "SerializationError",
     "ShuffledMux",
     "StageSnapshot",
     "StageTimeoutError",

@@ -82,6 +82,18 @@ class RemoteError(HeadraceError):
         return (RemoteError, (self.type_name, self.message))
 
 
+class SerializationError(HeadraceError):
+    """An item, or a result, that could not cross between processes: pickling (or
+    unpickling) it failed. Names the stage and the item (``stage``, ``index``); its
+    ``__cause__`` is the pickling error. Under ``on_error="skip"`` the item is recorded and
+    the run goes on."""
+
+    def __init__(self, message: str, *, stage: str = "", index: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.index = index
+
+
 class RemoteTraceback(Exception):
     """Carries the text of a worker's traceback; set as ``__cause__`` of the delivered error."""
 
@@ -140,6 +152,9 @@ def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) 
     cause = exc.__cause__
     if isinstance(exc, HeadraceError) and cause is not None and not isinstance(cause, Exception):
         if not isinstance(cause.__cause__, RemoteTraceback):  # a wrapped SystemExit
+            cause.__cause__ = RemoteTraceback(tb_text)
+    elif isinstance(exc, SerializationError) and cause is not None:
+        if cause.__cause__ is None:  # the pickling error keeps its place as the cause
             cause.__cause__ = RemoteTraceback(tb_text)
     elif not isinstance(cause, RemoteTraceback):
         exc.__cause__ = RemoteTraceback(tb_text)

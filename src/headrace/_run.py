@@ -6,9 +6,11 @@ run options. Builds on the runner and the monitor; `_streams` builds on it.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -37,6 +39,12 @@ class Run:
     """One run of one or more streams: an iterator over the first stream's items.
 
     Closing (the end of the items, ``close()``, leaving a ``with`` block) stops every worker.
+
+    Several threads may read one run at once (``next(run)``, or each its own ``for`` loop over
+    it): each item goes to exactly one of them, every one of them sees the end of the stream
+    (``StopIteration``), and the run's error reaches each of them. `chunks` is for one reader.
+    Once a stream has ended, reading it again raises ``StopIteration`` again; reading a run
+    closed before its end raises `ClosedError`.
     """
 
     def __init__(
@@ -61,6 +69,10 @@ class Run:
             memory=None if memory is None else parse_bytes(memory),
         )
         self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
+        self._ended = [False] * len(self._execution.outlets)
+        # Fetching an outlet's next chunk: one reader at a time (the others wait, then read
+        # the chunk it fetched), so that concurrent readers never drop a chunk.
+        self._fetching = threading.Lock()
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(self._execution.snapshot, file=sys.stderr)
@@ -86,18 +98,25 @@ class Run:
                 return
 
     def _advance(self, outlet: int) -> bool:
-        """Fetch the outlet's next chunk into its cursor; False at the end."""
-        try:
-            values = self._execution.get(outlet)
-        except BaseException:
-            self.close(ERROR_GRACE)  # the error must not wait for a worker busy in user code
-            raise
-        if values is END:
-            if outlet == len(self._execution.outlets) - 1:
-                self.close()
-            return False
-        self._cursors[outlet] = iter(values)
-        return True
+        """Fetch the outlet's next chunk into its cursor; False at the end. A reader that
+        finds the cursor refilled by another reader meanwhile fetches nothing."""
+        with self._fetching:
+            if operator.length_hint(self._cursors[outlet]):
+                return True
+            if self._ended[outlet]:
+                return False
+            try:
+                values = self._execution.get(outlet)
+            except BaseException:
+                self.close(ERROR_GRACE)  # the error must not wait for a worker in user code
+                raise
+            if values is END:
+                self._ended[outlet] = True
+                if outlet == len(self._execution.outlets) - 1:
+                    self.close()
+                return False
+            self._cursors[outlet] = iter(values)
+            return True
 
     def next_of(self, outlet: int) -> Any:
         """The next item of the terminal stream at position ``outlet`` (in the order the

@@ -113,24 +113,32 @@ class FanOut:
     def __init__(self, ports: int) -> None:
         self.ports: list[list[Target]] = [[] for _ in range(ports)]
         self.counts_bytes = False
+        #: Items handed on (once per port, whatever its consumers did with them: a detached
+        #: consumer counts what it discards, a cancelled put what it refused, as cancelled).
+        self.out = 0
+        self._lock = threading.Lock()
 
     def add(self, port: int, target: Target) -> None:
         self.ports[port].append(target)
         self.counts_bytes = self.counts_bytes or target.counts_bytes
 
-    def put(self, port: int, keys: Sequence[int], values: list[Any], size: int = -1) -> int:
-        """Hand a chunk to every consumer of ``port``: how many items went out (0 when every
-        consumer of it has detached); StopStage once nobody reads any port."""
+    def put(self, port: int, keys: Sequence[int], values: list[Any], size: int = -1) -> None:
+        """Hand a chunk to every consumer of ``port`` and count it in `out` (also when a
+        consumer refuses it: the run is cancelled, or the consumer detached and counts it as
+        discarded); StopStage once nobody reads any port."""
         if size < 0:
             size = chunk_nbytes(values) if self.counts_bytes else 0
+        targets = self.ports[port]
         delivered = False
-        for target in self.ports[port]:
-            delivered = target.put(keys, values, size) or delivered
-        if delivered:
-            return len(values)
-        if all(t.detached for targets in self.ports for t in targets):
+        try:
+            for target in targets:
+                delivered = target.put(keys, values, size) or delivered
+        finally:
+            if targets:
+                with self._lock:
+                    self.out += len(values)
+        if not delivered and all(t.detached for targets in self.ports for t in targets):
             raise StopStage
-        return 0
 
     def close(self) -> None:
         for targets in self.ports:
@@ -178,7 +186,8 @@ class StageRunner:
         self.input_ended = False
         self.stopping = False
         self.done = False
-        self.items_in = self.items_out = self.completed = self.dropped = self.errors = 0
+        self.items_in = self.completed = self.dropped = self.errors = 0
+        self.unused = 0  # a stream stage's items taken that its function never asked for
         self.busy_s = 0.0
         self.started = time.perf_counter()
         self.ended: float | None = None
@@ -254,7 +263,7 @@ class StageRunner:
             finally:
                 if used < len(values):  # the function stopped early (e.g. take)
                     with self.lock:
-                        self.items_in -= len(values) - used
+                        self.unused += len(values) - used
 
     def forward(self) -> None:
         """A stage that passes its input on unchanged (prefetch, merge): chunk by chunk."""
@@ -270,21 +279,25 @@ class StageRunner:
                 self.items_in += len(values)
             if self.kind not in KEY_KEEPING:
                 keys = self._new_keys(len(values))
-            delivered = self.fanout.put(0, keys, values)
-            with self.lock:
-                self.items_out += delivered
+            self.fanout.put(0, keys, values)
 
     def push(self, keys: Sequence[int], values: list[Any]) -> bool:
-        """Fused input: run the stage on a chunk in the producer's thread."""
+        """Fused input: run the stage on a chunk in the producer's thread. The items count
+        as taken in at once: those the stage does not finish end as cancelled."""
+        self.items_in += len(values)
         if self.execution.state.cancelled:
             raise Cancelled
         if self.stopping:
             return False
         if self.options.timeout is not None and len(values) > 1:  # timed: one item a chunk
-            return all(self.push(keys[i : i + 1], values[i : i + 1]) for i in range(len(values)))
+            return all(self._push(keys[i : i + 1], values[i : i + 1]) for i in range(len(values)))
+        return self._push(keys, values)
+
+    def _push(self, keys: Sequence[int], values: list[Any]) -> bool:
+        if self.execution.state.cancelled:
+            raise Cancelled
         chunk = Chunk(self._taken, keys, values)
         self._taken += 1
-        self.items_in += len(values)
         assert self.workers is not None
         context = save_context()  # the producer's item, restored for its own rng() calls
         try:
@@ -305,10 +318,9 @@ class StageRunner:
         """A worker is done with a chunk: order it, then deliver what is ready."""
         failures = done.chunk.failures + done.errors
         if failures and self.options.on_error != "skip":
+            # The chunk's other items go nowhere (the run ends): they count as cancelled.
             with self.lock:
                 self.busy_s += done.busy_s
-                self.completed += done.completed
-                self.dropped += done.dropped
                 self.errors += 1
             self._failed(failures[0])  # a failure that ends the run does not wait its turn
         if self.fanout.counts_bytes or self.window.max_bytes is not None:
@@ -352,9 +364,7 @@ class StageRunner:
                 if values:
                     if self.kind not in KEY_KEEPING:
                         keys = self._new_keys(len(values))
-                    delivered = self.fanout.put(port, keys, values, done.nbytes)
-                    with self.lock:
-                        self.items_out += delivered
+                    self.fanout.put(port, keys, values, done.nbytes)
         finally:
             if not fused(self.node):
                 self.window.release(chunk.nbytes)
@@ -390,7 +400,11 @@ class StageRunner:
         self._failed(Failure(getattr(self._local, "key", None), error, tb))  # type: ignore[arg-type]
 
     def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
-        """The stage cannot go on (its setup failed, or its workers crash in a loop)."""
+        """The stage cannot go on (its setup failed, or its workers crash in a loop). An
+        error with an item (``key``: the item a crash loop ended on) counts in ``errors``."""
+        if key is not None:
+            with self.lock:
+                self.errors += 1
         self.execution.record(
             ErrorRecord(self.name, key, type(error).__name__, shorten(str(error)), tb)
         )
@@ -428,9 +442,7 @@ class StageRunner:
         local.pending = None
         if self.kind not in KEY_KEEPING:
             keys = self._new_keys(len(values))
-        delivered = self.fanout.put(0, keys, values, size)
-        with self.lock:
-            self.items_out += delivered
+        self.fanout.put(0, keys, values, size)
 
     # --- the end of the stage -------------------------------------------------------------
 
@@ -498,7 +510,7 @@ class StageRunner:
                     n = len(values)
                     self.items_in += n
                     self.completed += n
-                    self.items_out += self.fanout.put(0, range(key, key + n), values, size)
+                    self.fanout.put(0, range(key, key + n), values, size)
                     key += n
                 if error is not None:
                     raise error
@@ -523,11 +535,22 @@ class StageRunner:
 
     # --- figures --------------------------------------------------------------------------
 
+    @property
+    def items_out(self) -> int:
+        return self.fanout.out
+
     def snapshot(self, now: float, closed: bool) -> StageSnapshot:
-        items_in = self.items_in + (self.inbox.discarded if self.inbox is not None else 0)
+        """The stage's figures. Every item handed to the stage counts in ``items_in`` and
+        ends once in ``completed``, ``dropped``, ``errors`` or (the run ended first)
+        ``cancelled``: items the stage's input discarded or refused, those left in it when
+        the run closed, and those in flight."""
+        items_in = self.items_in
+        inbox = self.inbox
+        if inbox is not None:
+            items_in += inbox.discarded + inbox.refused + (inbox.fill if closed else 0)
         completed = self.completed
         if self.kind in STREAM_KINDS:
-            completed = max(0, self.items_in - self.errors)
+            completed = max(0, self.items_in - self.errors - self.unused)
         cancelled = 0
         if self.done or closed:
             cancelled = max(0, items_in - completed - self.dropped - self.errors)

@@ -7,12 +7,16 @@ process can tell a folder a killed program left from one a live program still us
 counts as stale only when its owner is dead and it belongs to this user. A folder named in any
 other way (an older headrace's, or one a test suite made) has no known owner and is never
 removed. The first `make` of a process removes the stale folders it finds (what a killed
-program left is cleaned by the next one). Imports nothing from headrace.
+program left is cleaned by the next one). `own_multiprocessing_tempdir` puts multiprocessing's
+own temp folder (``pymp-*``, the forkserver's socket) inside such a folder (``-mp-``), so that
+a SIGKILLed program's is removed the same way. Imports only `_shm` from headrace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.util
 import os
 import shutil
 import tempfile
@@ -35,6 +39,28 @@ def make(kind: str) -> str:
     if first:
         sweep_stale()
     return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{kind}-")
+
+
+_mp_lock = threading.Lock()
+
+
+def own_multiprocessing_tempdir() -> None:
+    """Have multiprocessing make its temp folder of this process (``pymp-*``: the forkserver's
+    socket, a listener's) inside a headrace folder named with this process's pid, so that the
+    folder a SIGKILLed program leaves is removed by the next headrace run or ``headrace doctor
+    --clean`` (a plain ``pymp-*`` name says nothing of its owner). Both go at a clean exit, by
+    multiprocessing's own finalizer. A no-op once this process has a multiprocessing temp
+    folder (one made before headrace ran is left as it is)."""
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    with _mp_lock:
+        if config.get("tempdir") is not None:
+            return
+        owner = make("mp")
+        config["tempdir"] = tempfile.mkdtemp(prefix="pymp-", dir=owner)
+    # multiprocessing's own clean-up of its folder runs at this priority too (-100).
+    multiprocessing.util.Finalize(
+        None, shutil.rmtree, args=(owner,), kwargs={"ignore_errors": True}, exitpriority=-100
+    )
 
 
 def owner_pid(name: str) -> int | None:

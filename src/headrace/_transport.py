@@ -119,7 +119,8 @@ class Channel:
         self._putters = 0
         self.getters = 0
         self.detached = False
-        self.discarded = 0
+        self.discarded = 0  # items dropped: put after the consumer detached, or queued then
+        self.refused = 0  # items whose put was cancelled (or interrupted) before they went in
         self.peak_fill = 0
         self.blocked_s = 0.0
         self.starved_s = 0.0
@@ -145,7 +146,11 @@ class Channel:
         """Add a chunk (``size``: its bytes of array data, when the channel counts bytes);
         False if the consumer has detached and the chunk was discarded."""
         with self._not_full:
-            self._await_room(size)
+            try:
+                self._await_room(size)
+            except BaseException:
+                self.refused += len(values)
+                raise
             if self.detached:
                 self.discarded += len(values)
                 return False

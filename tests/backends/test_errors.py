@@ -348,6 +348,49 @@ def test_timeout_skip_records_error(
     assert wait_no_threads(2.0) == []
 
 
+class SlowItem:
+    """Item 2 runs past a 0.2 s timeout: on its first call only (``always=False``) or on
+    every call; its calls are counted in a recorder (so that process workers count too)."""
+
+    def __init__(self, record: Any, always: bool) -> None:
+        self.record = record
+        self.always = always
+
+    def __call__(self, x: int) -> int:
+        if x == 2:
+            self.record.append(x)
+            if self.always or len(self.record.items()) == 1:
+                time.sleep(0.6)
+        return x
+
+
+def test_a_timed_out_item_is_retried(opts: dict[str, Any], recorder: Any, conserved: Any) -> None:
+    """Retries mean what they say for timeouts too (issue 15, finding 6)."""
+    slow = SlowItem(recorder(), always=False)
+    s = hr.from_iterable(range(5)).map(slow, **opts, timeout=0.2, retries=1, on_error="skip")
+    with s.open() as run:
+        out = list(run)
+        report = run.report()
+    assert sorted(out) == [0, 1, 2, 3, 4]
+    assert report.errors == ()
+    assert len(slow.record.items()) == 2
+    conserved(report)
+
+
+def test_an_item_late_past_its_retries_is_recorded(
+    opts: dict[str, Any], recorder: Any, conserved: Any
+) -> None:
+    slow = SlowItem(recorder(), always=True)
+    s = hr.from_iterable(range(5)).map(slow, **opts, timeout=0.2, retries=1, on_error="skip")
+    with s.open() as run:
+        out = list(run)
+        report = run.report()
+    assert sorted(out) == [0, 1, 3, 4]
+    assert [(r.index, r.type) for r in report.errors] == [(2, "StageTimeoutError")]
+    assert len(slow.record.items()) == 2  # tried 1 + retries times
+    conserved(report)
+
+
 def test_timeout_detected_while_the_call_runs(
     opts: dict[str, Any], needs_shared_state: None, wait_no_threads: Any
 ) -> None:

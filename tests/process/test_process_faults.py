@@ -21,6 +21,8 @@ from collections.abc import Callable
 import pytest
 from faults import kill_marked, run_scenario, start_scenario, wait_gone
 
+from headrace import _tempdirs
+
 pytestmark = pytest.mark.timeout(90)
 
 CRASH_FN = """
@@ -298,6 +300,9 @@ stream = hr.from_iterable({source}).map({fn}, workers=2, backend="process", name
     assert result.error is None, (where, result.error)
     assert result.out == [0, 0], where
     assert [e[1] for e in result.result["errors"]] == [1], where
+    # A headrace error that names the stage and says what could not be pickled (issue 15,
+    # finding 10), not a private type.
+    assert [e[2] for e in result.result["errors"]] == ["SerializationError"], where
     result.assert_conserved(full=True)
 
 
@@ -367,6 +372,33 @@ def test_dropped_iterator_and_interpreter_exit_without_close() -> None:
         kill_marked(mark)
     assert proc.returncode == 0, err
     assert out.split() == ["0", "1"]
+    assert not wait_gone(mark, 2.0)
+
+
+def test_workers_killed_at_exit_are_not_replaced() -> None:
+    """At interpreter exit headrace kills an open run's workers; its supervisors (still
+    running) must not start replacements, which multiprocessing would then wait for forever
+    (the exit above hung about one time in five)."""
+    mark = uuid.uuid4().hex
+    proc = start_scenario(
+        """
+        import itertools, multiprocessing, multiprocessing.util
+        run = hr.from_iterable(itertools.count()).map(lambda x: x, workers=2,
+            backend="process").open()
+        next(run), next(run)
+        multiprocessing.util._run_finalizers(0)  # what interpreter exit runs first
+        time.sleep(1.0)  # time enough for a supervisor to start a replacement
+        print("ALIVE", len([p for p in multiprocessing.active_children() if p.is_alive()]),
+              flush=True)
+        """,
+        mark,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_marked(mark)
+    assert proc.returncode == 0, err
+    assert out.split() == ["ALIVE", "0"], (out, err[-2000:])
     assert not wait_gone(mark, 2.0)
 
 
@@ -469,6 +501,15 @@ def test_two_ctrl_c_at_random_moments_never_hang() -> None:
         assert not wait_gone(mark, 2.0), f"attempt {attempt}: workers left"
 
 
+def assert_swept(pid: int) -> None:
+    """A SIGKILLed program's temp folder (multiprocessing's ``pymp-*`` inside it) is left
+    behind, named with its pid; the sweep of the next run removes it."""
+    left = [p for p in _tempdirs.stale() if _tempdirs.owner_pid(os.path.basename(p)) == pid]
+    assert left, "the killed program left no temp folder: the test no longer tests the sweep"
+    _tempdirs.sweep_stale()
+    assert not [p for p in _tempdirs.stale() if _tempdirs.owner_pid(os.path.basename(p)) == pid]
+
+
 def test_workers_exit_when_the_parent_is_killed() -> None:
     mark = uuid.uuid4().hex
     earlier = set(os.listdir("/dev/shm"))
@@ -489,6 +530,7 @@ def test_workers_exit_when_the_parent_is_killed() -> None:
         kill_marked(mark)
     assert not left, f"workers still alive 2 s after their parent was killed: {left}"
     assert not shm_before & set(os.listdir("/dev/shm"))
+    assert_swept(proc.pid)
 
 
 ARRAY_PIPELINE = """
@@ -553,6 +595,7 @@ def test_a_worker_in_a_c_call_dies_with_its_killed_parent() -> None:
     finally:
         kill_marked(mark)
     assert not left, f"still alive 5 s after the program was killed: {left}"
+    assert_swept(proc.pid)
 
 
 def test_fork_with_threads_running_warns_and_works() -> None:

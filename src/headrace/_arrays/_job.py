@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _shm
+from .. import _shm, _tempdirs
 from .._backends._process import START_METHODS
 from .._errors import ClosedError
 from ._executor import BACKENDS, Executor, executor_for
@@ -162,6 +162,7 @@ class ArrayJob:
         # What a killed job of an earlier program left behind (its owner is dead).
         _shm.sweep_stale()
         sweep_stale_folders()
+        _tempdirs.sweep_stale()  # its multiprocessing folder (headrace-<pid>-mp-*) among them
         store = Store(local=self._executor.local, storage=self._storage)
         self._store = store
         self._finalizer = weakref.finalize(self, store.close)

@@ -185,8 +185,13 @@ class Caller:
         self.seed = work.seed
         self.position = work.position
         self.mark = mark if mark is not None else new_mark()
+        #: A call that returns past the timeout runs again within its retries (inline: no
+        #: watchdog; the thread and process backends retry a late item themselves).
+        self.retry_late = False
 
-    def run(self, chunk: Chunk) -> Done:
+    def run(self, chunk: Chunk, late: int = 0) -> Done:
+        """Call the function on each item of ``chunk`` (``late``: times this chunk of one
+        item ran past the timeout already, when `retry_late`)."""
         keys, values = chunk.keys, chunk.values
         n = len(values)
         mark = self.mark
@@ -211,6 +216,8 @@ class Caller:
                 i += 1
         busy = time.perf_counter() - start
         if self.timeout is not None and busy > self.timeout and n == 1 and not errors:
+            if self.retry_late and late < self.retries:  # an inline call, late: again
+                return self.run(chunk, late + 1)
             error = timeout_error(self.name, keys[0], self.timeout)
             return failed(chunk, Failure(keys[0], error, ""), self.ports, busy)
         outputs, dropped = acc.outputs(keys, values, reached)
@@ -326,17 +333,20 @@ def run_calls(
     work: StageWork,
     watch: Callable[[Chunk | None], bool] | None = None,
     mark: memoryview | None = None,
+    first: Chunk | None = None,
 ) -> None:
     """A call-stage worker: take chunks until the input ends, finish each.
 
     ``watch(chunk)`` is told which chunk the worker starts (and None when it is done with
-    it); when it returns False the worker was given up on (timed out) and exits."""
+    it); when it returns False the worker was given up on (timed out) and exits. ``first``:
+    a chunk to run before taking any (one that timed out on another worker, tried again)."""
     try:
         caller = Caller(work, instantiate(work.fn), mark)
     except BaseException as exc:
         work.setup_failed(exc, format_traceback(exc))
         return
-    while isinstance(chunk := work.next_chunk(), Chunk):
+    while isinstance(chunk := first or work.next_chunk(), Chunk):
+        first = None
         if watch is not None:
             watch(chunk)
         done = caller.run(chunk)

@@ -32,6 +32,7 @@ class InlineCaller(Workers):
         self._caller: Caller | None = None
         try:
             self._caller = Caller(work, instantiate(work.fn))
+            self._caller.retry_late = True
         except BaseException as exc:
             work.setup_failed(exc, format_traceback(exc))
 

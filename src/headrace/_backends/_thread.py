@@ -1,9 +1,10 @@
 """The thread backend: a pool of daemon threads per stage.
 
 Each thread runs the shared worker body. With a ``timeout``, a watchdog thread checks the
-item each worker holds: an item past its deadline is reported at once and its worker is
-replaced by a fresh thread. Python cannot kill a thread, so the given-up call runs on until it
-returns; its late result is discarded and the thread then ends.
+item each worker holds: an item past its deadline is reported at once (or, within its
+``retries``, run again) and its worker is replaced by a fresh thread. Python cannot kill a
+thread, so the given-up call runs on until it returns; its late result is discarded and the
+thread then ends.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ThreadWorkers(Workers):
         self._holding: dict[int, tuple[Chunk, float]] = {}  # worker id -> chunk, deadline
         self._stop = threading.Event()
         self._wake = threading.Event()  # a worker took a task while the watchdog slept idle
+        self._tries: dict[int, int] = {}  # item index -> times it timed out
         self._watchdog: threading.Thread | None = None
         self._timed = work.options.timeout is not None and work.kind not in STREAM_KINDS
         for _ in range(work.options.workers):
@@ -53,21 +55,24 @@ class ThreadWorkers(Workers):
             )
             self._watchdog.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self, first: Chunk | None = None) -> None:
         wid = next(self._ids)
         thread = threading.Thread(
-            target=self._run, args=(wid,), name=f"headrace-{self._work.name}-{wid}", daemon=True
+            target=self._run,
+            args=(wid, first),
+            name=f"headrace-{self._work.name}-{wid}",
+            daemon=True,
         )
         with self._lock:
             self._threads.append(thread)
         thread.start()
 
-    def _run(self, wid: int) -> None:
+    def _run(self, wid: int, first: Chunk | None = None) -> None:
         try:
             if self._work.kind in STREAM_KINDS:
                 run_stream(self._work)
             elif self._timed:
-                run_calls(self._work, lambda chunk: self._hold(wid, chunk))
+                run_calls(self._work, lambda chunk: self._hold(wid, chunk), first=first)
             else:
                 run_calls(self._work)
         except (Cancelled, StopStage):
@@ -101,8 +106,12 @@ class ThreadWorkers(Workers):
                 idle = not self._holding
                 wait = min((d for _, d in self._holding.values()), default=now + timeout) - now
             for chunk in late:
-                self._spawn()  # the late worker exits when its call returns
                 key = chunk.keys[0]
+                tries = self._tries[key] = self._tries.get(key, 0) + 1
+                if tries <= self._work.options.retries:
+                    self._spawn(first=chunk)  # the item goes again, on a fresh thread
+                    continue
+                self._spawn()  # the late worker exits when its call returns
                 error = timeout_error(self._work.name, key, timeout)
                 try:
                     self._work.finish(failed(chunk, Failure(key, error, ""), self._work.ports))

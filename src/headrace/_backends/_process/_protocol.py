@@ -108,10 +108,12 @@ class Spec:
 
 
 class _TransitError(Exception):
-    """An item or result that could not cross between processes."""
+    """An item or result that could not cross between processes, as a worker reports it (the
+    parent makes it a `SerializationError` naming the stage, with ``cause`` as its cause)."""
 
     def __init__(self, what: str, cause: BaseException) -> None:
         super().__init__(f"{what}: {type(cause).__name__}: {shorten(str(cause), 300)}")
+        self.cause = cause
 
 
 def _dump_error(error: BaseException) -> bytes:

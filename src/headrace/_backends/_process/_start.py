@@ -10,6 +10,7 @@ import threading
 import warnings
 from typing import Any
 
+from ... import _tempdirs
 from . import _forkserver
 from ._protocol import ENV_START_METHOD, START_METHODS
 
@@ -31,6 +32,7 @@ def _context(method: str) -> Any:
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {method!r} is not available here")
     ctx = multiprocessing.get_context(method)
+    _tempdirs.own_multiprocessing_tempdir()  # a killed program's pymp-* can then be swept
     if method == "forkserver":
         from multiprocessing import forkserver
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..._errors import WorkerCrashedError, format_traceback
+from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
 from ..._shm import (
     HEADER,
     Mapper,
@@ -115,6 +115,7 @@ class Proc:
         self.ready = False  # the worker has set up and asks for its first item
         self.idle_since = 0.0
         self._exitcode: int | None = None
+        self._stopped = False
 
     def start_job(self, spec: Spec, slot: int, incarnation: int) -> None:
         """Give the worker a stage to run (as worker ``slot`` of it)."""
@@ -126,7 +127,11 @@ class Proc:
         self.tasks.send_bytes(pickle.dumps(message, protocol=5))
 
     def stop(self, grace: float) -> None:
-        """Ask the worker to end, then escalate: SIGTERM, SIGKILL."""
+        """Ask the worker to end, then escalate: SIGTERM, SIGKILL. Once stopped, again is a
+        no-op (a worker retired after a crash is retired again when its supervisor ends)."""
+        if self._stopped:
+            return
+        self._stopped = True
         with contextlib.suppress(OSError, ValueError):
             self.alive.send_bytes(b"stop")  # the worker's watcher exits it at once
         with contextlib.suppress(OSError, ValueError):
@@ -204,13 +209,16 @@ class ProcessWorkers(Workers):
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # Set once every worker was killed (interpreter exit, a close that ran late): a
+        # supervisor must not start a replacement for a killed worker then.
+        self._killed = threading.Event()
         self._finalizer = multiprocessing.util.Finalize(
-            self, _kill_all, args=(self._procs, self.token), exitpriority=100
+            self, _kill_all, args=(self._procs, self.token, self._killed), exitpriority=100
         )
         try:  # here, in the thread that starts the run: a failure to start raises to it
             procs = [self._start_first(slot) for slot in range(work.options.workers)]
         except BaseException:
-            _kill_all(self._procs, self.token)
+            _kill_all(self._procs, self.token, self._killed)
             self._cleanup()
             raise
         work.on_cancel(self.wake)
@@ -232,7 +240,7 @@ class ProcessWorkers(Workers):
             os.write(self._wake_w, b"x")
 
     def cancelled(self) -> bool:
-        return self.closing or _cancelled(self.work)
+        return self.closing or self._killed.is_set() or _cancelled(self.work)
 
     # --- starting and stopping workers --------------------------------------------------
 
@@ -243,6 +251,9 @@ class ProcessWorkers(Workers):
         self.pipe_safe = max(PIPE_SAFE, proc.pipe_bytes // 2)
         with self._lock:
             self._procs[slot] = proc
+        if self._killed.is_set():  # every worker was killed meanwhile (the program exits)
+            proc.kill()
+            raise Cancelled
         # One that died while idle shows in its sentinel; the supervisor replaces it.
         with contextlib.suppress(OSError):
             proc.start_job(self.spec, slot, self._incarnations[slot])
@@ -413,7 +424,7 @@ class ProcessWorkers(Workers):
             try:
                 parts.append(encode(value, self.pool, pid, cloudpickle.dumps))
             except Exception as exc:
-                error = _TransitError(f"item {key} could not be pickled", exc)
+                error = _transit(self.work.name, key, f"item {key} could not be pickled", exc)
                 chunk.failures.append(Failure(key, error, format_traceback(exc)))
                 continue
             keys.append(key)
@@ -461,7 +472,10 @@ class ProcessWorkers(Workers):
         whole-chunk result cannot be unpickled (the chunk then runs again item by item, to
         find the item: its items run twice)."""
         _, _, outputs, completed, dropped, errors, busy = entry
-        failures = [Failure(key, _load_error(data), tb) for key, data, tb in errors]
+        failures = [
+            Failure(key, _from_worker(_load_error(data), self.work.name, key), tb)
+            for key, data, tb in errors
+        ]
         ports: list[tuple[Sequence[int], list[Any]]] = []
         size = 0
         for keys, split, data, places in outputs:
@@ -480,7 +494,8 @@ class ProcessWorkers(Workers):
                     good_values.append(decode(part[0], part[1], self.mapper))
                     good_keys.append(key)
                 except Exception as exc:
-                    error = _TransitError(f"the result of item {key} could not be unpickled", exc)
+                    what = f"the result of item {key} could not be unpickled"
+                    error = _transit(self.work.name, key, what, exc)
                     if key not in {f.key for f in failures}:
                         failures.append(Failure(key, error, format_traceback(exc)))
                         completed -= 1
@@ -623,7 +638,8 @@ class ProcessWorkers(Workers):
         except (Cancelled, StopStage, OSError, EOFError):
             pass
         except Exception as exc:
-            self.work.stream_failed(_TransitError("an item could not be pickled", exc), "")
+            error = _transit(self.work.name, None, "an item could not be pickled", exc)
+            self.work.stream_failed(error, format_traceback(exc))
 
     def _handle_stream(self, proc: Proc, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -634,7 +650,8 @@ class ProcessWorkers(Workers):
                 self.work.emit(decode(data, places, self.mapper))
             self.work.flush()
         elif kind == "failed":
-            self.work.stream_failed(_load_error(message[1]), message[2])
+            error = _from_worker(_load_error(message[1]), self.work.name, None)
+            self.work.stream_failed(error, message[2])
         elif kind == "setup":
             self.work.setup_failed(_load_error(message[1]), message[2], None)
             raise Cancelled
@@ -649,12 +666,12 @@ class ProcessWorkers(Workers):
                     thread.join(max(0.0, deadline - time.monotonic()))
         except BaseException:  # a second Ctrl-C while closing: kill at once
             self.closing = True
-            _kill_all(self._procs, None)
+            _kill_all(self._procs, None, self._killed)
             raise
         if any(t.is_alive() for t in self._threads):
             self.closing = True
             self.wake()
-            _kill_all(self._procs, None)
+            _kill_all(self._procs, None, self._killed)
             for thread in self._threads:
                 thread.join(0.5)
         with self._lock:
@@ -689,6 +706,39 @@ class ProcessWorkers(Workers):
         self._finalizer.cancel()
 
 
+#: What a `SerializationError` suggests.
+_PICKLE_HINT = (
+    "values that cross between processes must pickle: plain data, arrays, objects of "
+    "importable classes (not locks, open files, sockets or generators)"
+)
+
+
+def _transit(stage: str, key: int | None, what: str, cause: BaseException) -> SerializationError:
+    """The error for an item or result of ``stage`` that could not cross: ``what`` happened,
+    ``cause`` (the pickling error) as its cause."""
+    error = SerializationError(
+        f"stage {stage!r}: {what}: {type(cause).__name__}: {shorten(str(cause), 300)}; "
+        + _PICKLE_HINT,
+        stage=stage,
+        index=key,
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _from_worker(error: BaseException, stage: str, key: int | None) -> BaseException:
+    """A worker's failure as the consumer gets it: what the worker could not pickle (or
+    unpickle) becomes a `SerializationError` naming the stage and the item."""
+    if not isinstance(error, _TransitError):
+        return error
+    text = str(error.args[0]) if error.args else "an item could not cross"
+    what = text.split(": ", 1)[0]
+    cause = getattr(error, "cause", None)
+    if not isinstance(cause, BaseException):  # the pickling error itself did not travel
+        cause = RuntimeError(text.split(": ", 1)[-1])
+    return _transit(stage, key, what, cause)
+
+
 def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrashedError:
     return WorkerCrashedError(
         message, stage=stage, worker=str(proc.pid), exitcode=proc.exitcode, index=key
@@ -721,8 +771,11 @@ def _create_progress(name: str, workers: int) -> mmap.mmap:
     return board
 
 
-def _kill_all(procs: dict[int, Proc], token: str | None) -> None:
-    """Kill every worker at once (interpreter exit, a second Ctrl-C, a close that ran late)."""
+def _kill_all(procs: dict[int, Proc], token: str | None, killed: threading.Event) -> None:
+    """Kill every worker at once (interpreter exit, a second Ctrl-C, a close that ran late);
+    ``killed`` tells the supervisors not to replace them (at interpreter exit a replacement
+    would be a live child that multiprocessing waits for forever)."""
+    killed.set()
     for proc in list(procs.values()):
         proc.kill()
     for proc in list(procs.values()):
