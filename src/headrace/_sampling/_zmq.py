@@ -1,7 +1,9 @@
 """Background streaming over ZeroMQ: a Streamer runs in its own process (Pescador's
 ``ZMQStreamer``).
 
-Owns: `ZMQStreamer` and the background process's main function. Data flow of one pass::
+Owns: `ZMQStreamer` and the background process's main function; the process itself is started,
+watched and stopped by `_background.BackgroundProcess`, the pass API and the background loop are
+`_background`'s too (shared with `ProcessStreamer`). Data flow of one pass::
 
     consumer (this process)                          background process (fresh interpreter)
     control pipe: the pass, then held open  ------>  reads the pass; exits when the pipe closes
