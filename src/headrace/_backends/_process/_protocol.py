@@ -119,7 +119,7 @@ def _code_reduce(code: types.CodeType) -> Any:
     return (reduced[0], args, *reduced[2:])
 
 
-_CLOUD_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+_CLOUD_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
 _DYNAMIC = "<dynamic-code>"
 
 
@@ -127,7 +127,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, keeping the file names of the functions it sends by value."""
 
     dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
-        {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+        {types.CodeType: _code_reduce} if _CLOUD_CODE_REDUCE else {},
+        cloudpickle.Pickler.dispatch_table,
     )
 
 
