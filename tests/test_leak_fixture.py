@@ -6,11 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import _ours
+import pytest
 
 
-def test_only_segments_of_this_session_or_of_dead_owners_count() -> None:
+def test_only_segments_of_this_session_or_of_dead_owners_count(
+    request: pytest.FixtureRequest,
+) -> None:
+    conftest = Path(__file__).with_name("conftest.py")  # one of several modules named conftest
+    _ours = request.config.pluginmanager.get_plugin(str(conftest))._ours
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
