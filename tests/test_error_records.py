@@ -65,3 +65,45 @@ def test_a_raised_huge_error_keeps_its_message_and_a_capped_worker_traceback(bac
         hr.from_iterable([1]).map(huge, backend=backend).collect()
     assert str(info.value).endswith("-end-1")  # the user's exception itself is untouched
     assert len(str(info.value.__cause__)) < MAX_RECORD_TEXT + 200
+
+
+def bad(x: int) -> int:
+    raise KeyError(x)
+
+
+def test_a_workers_traceback_starts_at_the_users_function() -> None:
+    stream = hr.from_iterable(range(3)).map(bad, backend="thread", on_error="skip")
+    with stream.open() as run:
+        assert list(run) == []
+        records = run.report().to_dict()["errors"]
+    text = records[0]["traceback"]
+    assert text.splitlines()[1].startswith(f'  File "{__file__}"'), text  # the first frame
+    assert "in bad" in text and "raise KeyError(x)" in text
+    assert "headrace" + "/_backends" not in text.replace("\\", "/")
+
+
+def test_headraces_frames_are_kept_when_asked_or_when_there_are_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from headrace import _errors
+
+    caught: list[BaseException] = []
+
+    def keep(x: int) -> int:
+        try:
+            return bad(x)
+        except KeyError as exc:
+            caught.append(exc)  # its traceback grows as it goes up through headrace's loop
+            raise
+
+    hr.from_iterable(range(1)).map(keep, backend="thread", on_error="skip").run()
+    assert "_backends" not in format_traceback(caught[0])
+    monkeypatch.setenv(_errors.FULL_TRACEBACKS_ENV, "1")
+    assert "_backends" in format_traceback(caught[0])
+    monkeypatch.delenv(_errors.FULL_TRACEBACKS_ENV)
+    try:
+        hr.from_iterable(range(3)).map(abs, workers=0)
+    except ValueError as exc:
+        own = exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None)
+    text = format_traceback(own)  # only headrace's frames: all kept
+    assert "_stages.py" in text.replace("\\", "/") and __file__ not in text

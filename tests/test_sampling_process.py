@@ -63,3 +63,22 @@ def test_buffered_mux_in_the_background() -> None:
     mux = hr.StochasticMux(rows, 2, 8, random_state=0)
     shapes = [b["X"].shape for b in hr.ProcessStreamer(mux.rebatch(16))(max_items=5)]
     assert shapes == [(16, 2)] * 5
+
+
+def exits():
+    yield 0
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("kind", ["process", "zmq"])
+def test_an_exit_in_the_background_is_a_worker_crash_for_both_streamers(kind: str) -> None:
+    if kind == "zmq":
+        pytest.importorskip("zmq")
+        streamer: hr.Streamer = hr.ZMQStreamer(hr.Streamer(exits))
+    else:
+        streamer = hr.ProcessStreamer(hr.Streamer(exits))
+    got = []
+    with pytest.raises(hr.WorkerCrashedError, match=r"raised SystemExit\(3\) in the background"):
+        for item in streamer:
+            got.append(item)
+    assert got in ([], [0])  # a failure may overtake the process stage's last outputs

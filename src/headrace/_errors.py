@@ -7,6 +7,7 @@ Imports nothing from headrace.
 
 from __future__ import annotations
 
+import os
 import traceback
 
 #: Longest text of an item or message kept in an error record or note (security: items may be
@@ -121,13 +122,45 @@ def cap_text(text: str, limit: int = MAX_RECORD_TEXT) -> str:
     return f"{text[:half]}\n... [{len(text) - 2 * half} characters left out] ...\n{text[-half:]}"
 
 
+#: Where headrace's own source files are: their frames leading to a user's function are left
+#: out of the traceback a worker reports (set `FULL_TRACEBACKS_ENV` to keep them).
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+FULL_TRACEBACKS_ENV = "HEADRACE_FULL_TRACEBACKS"
+
+
 def format_traceback(exc: BaseException) -> str:
     """The traceback text of ``exc`` as the worker saw it, capped with `cap_text`.
 
     Every backend makes the traceback it reports (and a process worker the one it sends
     through its pipe) with this function, so none of them carries more than `MAX_RECORD_TEXT`.
+    headrace's own frames above the first frame of other code (the worker loop that called
+    the user's function) are left out, unless ``$HEADRACE_FULL_TRACEBACKS`` is set.
     """
-    return cap_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    if not os.environ.get(FULL_TRACEBACKS_ENV):
+        _drop_own_frames(summary)
+    return cap_text("".join(summary.format()))
+
+
+def _drop_own_frames(summary: traceback.TracebackException) -> None:
+    """Leave out the leading frames in headrace's files, in ``summary`` and the exceptions
+    chained to it; all of them when no other frame follows (an error of headrace's own)."""
+    todo, seen = [summary], set()
+    while todo:
+        te = todo.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        frames = list(te.stack)
+        first = next((i for i, f in enumerate(frames) if not _own(f.filename)), None)
+        if first:  # None: only headrace's frames; 0: none to leave out
+            te.stack = traceback.StackSummary.from_list(frames[first:])
+        todo.extend(t for t in (te.__cause__, te.__context__) if t is not None)
+        todo.extend(getattr(te, "exceptions", None) or [])
+
+
+def _own(filename: str) -> bool:
+    return filename.startswith(_PACKAGE_DIR)
 
 
 def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) -> BaseException:

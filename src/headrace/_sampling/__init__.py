@@ -4,7 +4,8 @@ disk, and streamers run in a background process (over ZeroMQ, or on headrace's p
 A domain package: it builds on the core (`_errors`, `_stages`, `_streams`) and never imports
 another domain (`_files`, `_arrays`); the core never imports it. Modules: `_streamer`
 (`Streamer`), `_mux` (the mux family), `_samplers` (``.npz`` / ``.npy`` samplers), `_wire` (the
-socket format), `_zmq` (`ZMQStreamer`), `_background` (`ProcessStreamer`).
+socket format), `_zmq` (`ZMQStreamer`), `_background` (`ProcessStreamer`, and what both background
+streamers share: their pass API, the background loop, the supervisor of a background process).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Background streaming over ZeroMQ: a Streamer runs in its own process (Pescador's
 ``ZMQStreamer``).
 
-Owns: `ZMQStreamer` and the background process's main function. Data flow of one pass::
+Owns: `ZMQStreamer` and the background process's main function; the process itself is started,
+watched and stopped by `_background.BackgroundProcess`, the pass API and the background loop are
+`_background`'s too (shared with `ProcessStreamer`). Data flow of one pass::
 
     consumer (this process)                          background process (fresh interpreter)
     control pipe: the pass, then held open  ------>  reads the pass; exits when the pipe closes
@@ -24,23 +26,27 @@ guard (pescador's examples have none). ``pyzmq`` is imported only when a pass st
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import os
 import secrets
 import shutil
-import signal
-import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from .. import _tempdirs
-from .._errors import FrameError, WorkerCrashedError, deliver, format_traceback
-from ._streamer import Streamer, as_streamer, check_max_items, check_positive
+from .._errors import FrameError
+from ._background import (
+    JOIN_TIMEOUT,
+    BackgroundProcess,
+    BackgroundStreamer,
+    pickled,
+    produce,
+    report,
+    serve,
+)
+from ._streamer import as_streamer, check_positive
 from ._wire import (
     END,
     ERROR,
@@ -54,8 +60,6 @@ from ._wire import (
 #: Messages each side's socket queues before the producer waits (ZeroMQ's high-water mark).
 #: Up to about twice this many items wait in memory; 16 rides out a hiccup of either side.
 PREFETCH = 16
-#: Seconds the background process gets to exit after a pass ends before it is terminated.
-JOIN_TIMEOUT = 5.0
 #: After the process has died, milliseconds to keep reading items already on their way.
 DRAIN_MS = 200
 #: Where libzmq asks who may connect (ZAP, RFC 27); one per context, so one per pass.
@@ -64,11 +68,11 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 MAX_MESSAGE_BYTES = max(MAX_FRAME_BYTES, MAX_HEADER_BYTES) + 4096
 TRANSPORTS = ("ipc", "tcp")
 log = logging.getLogger("headrace")
-_LENGTH = struct.Struct("<Q")
+STAGE = "ZMQStreamer"
 _NO_ZMQ = 'ZMQStreamer needs pyzmq: pip install "headrace[zmq]"'
 
 
-class ZMQStreamer(Streamer):
+class ZMQStreamer(BackgroundStreamer):
     """Run a Streamer in a background process and receive its items over ZeroMQ.
 
     Each pass (each iteration) starts a process that iterates ``streamer`` and sends its
@@ -134,38 +138,12 @@ class ZMQStreamer(Streamer):
         self.timeout = float(timeout)
         self.rejected = 0
 
-    def __repr__(self) -> str:
-        return f"<ZMQStreamer of {self.streamer!r}>"
-
-    def _detached(self) -> Streamer:
-        return self  # its streamer is detached when each pass starts
-
-    def _open(self) -> Iterator[Any]:
-        return self._receive(None, False)
-
-    def iterate(self, max_items: int | None = None) -> Iterator[Any]:
-        """A pass of at most ``max_items`` items, bounded in the background process too."""
-        return self._receive(check_max_items(max_items), False)
-
-    def cycle(self, max_items: int | None = None) -> Iterator[Any]:
-        """The streamer cycled in the background process (one process for the whole cycle)."""
-        return self._receive(check_max_items(max_items), True)
-
-    def _receive(self, limit: int | None, cycle: bool) -> Iterator[Any]:
+    def _run_pass(self, limit: int | None, cycle: bool) -> Iterator[Any]:
         try:
             import zmq  # noqa: F401  (fail here, in the caller, not in the background)
         except ImportError:
             raise ImportError(_NO_ZMQ) from None
-        import cloudpickle
-
-        try:
-            payload = cloudpickle.dumps(self.streamer._detached())
-        except Exception as exc:
-            raise TypeError(
-                f"the streamer cannot be sent to the background process: {exc!r:.300}; make "
-                "its function and arguments picklable"
-            ) from exc
-        return self._background_pass(payload, limit, cycle)
+        return self._background_pass(pickled(self.streamer._detached()), limit, cycle)
 
     def _background_pass(self, payload: bytes, limit: int | None, cycle: bool) -> Iterator[Any]:
         import cloudpickle
@@ -174,9 +152,7 @@ class ZMQStreamer(Streamer):
         key = secrets.token_bytes(32)
         context = zmq.Context()
         tmpdir: str | None = None
-        proc: subprocess.Popen[bytes] | None = None
-        control: BinaryIO | None = None
-        status: BinaryIO | None = None
+        background: BackgroundProcess | None = None
         zap: Any = None
         try:
             sock = context.socket(zmq.PULL)
@@ -198,7 +174,7 @@ class ZMQStreamer(Streamer):
                 sock.bind(address)
             else:
                 address = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
-            proc, control, status = _start(sys.executable)
+            background = BackgroundProcess(__name__, "background_main", STAGE, self.timeout)
             job = {
                 "payload": payload,
                 "address": address,
@@ -209,17 +185,11 @@ class ZMQStreamer(Streamer):
                 "allow_pickle": self.allow_pickle,
                 "password": password,
             }
-            with contextlib.suppress(OSError):  # it died at start: reported below
-                _send_blob(control, cloudpickle.dumps(job))
-            yield from self._consume(zmq, sock, proc, status, key, zap, password)
+            background.send_job(cloudpickle.dumps(job))
+            yield from self._consume(zmq, sock, background, key, zap, password)
         finally:
-            if control is not None:
-                with contextlib.suppress(OSError):
-                    control.close()  # the background process exits when this pipe closes
-            if proc is not None:
-                _stop(proc, self.timeout)
-            if status is not None:
-                status.close()
+            if background is not None:
+                background.stop()  # the background process exits when its control pipe closes
             context.destroy(linger=0)
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -228,15 +198,15 @@ class ZMQStreamer(Streamer):
         self,
         zmq: Any,
         sock: Any,
-        proc: subprocess.Popen[bytes],
-        status: BinaryIO,
+        background: BackgroundProcess,
         key: bytes,
         zap: Any,
         password: bytes | None,
     ) -> Iterator[Any]:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(status.fileno(), zmq.POLLIN)
+        status = background.status.fileno()
+        poller.register(status, zmq.POLLIN)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
         error: bytes | None = None
@@ -245,9 +215,9 @@ class ZMQStreamer(Streamer):
         while True:
             # Once the process is dead, wait only DRAIN_MS for items still on their way.
             ready = dict(poller.poll(DRAIN_MS if dead else None))
-            if status.fileno() in ready:
-                poller.unregister(status.fileno())  # one message at most, then end of file
-                error = _read_blob(status)
+            if status in ready:
+                poller.unregister(status)  # one message at most, then end of file
+                error = background.read_status()
                 dead = error is None
             if zap is not None and zap in ready:
                 self._authenticate(zap, password)
@@ -266,10 +236,11 @@ class ZMQStreamer(Streamer):
                 if kind == END:
                     return
                 if kind == ERROR:
-                    raise _failure(error if error is not None else _read_blob(status), seq - 1)
+                    blob = error if error is not None else background.read_status()
+                    raise background.failure(blob, seq - 1)
                 yield item
             elif dead:
-                raise _crashed(proc, seq)
+                raise background.crashed(seq)
 
     def _authenticate(self, zap: Any, password: bytes | None) -> None:
         """Answer one ZAP request: only a peer that knows this pass's password may connect."""
@@ -299,115 +270,10 @@ class ZMQStreamer(Streamer):
             )
 
 
-def _start(python: str) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
-    """Start the background interpreter with its control and status pipes."""
-    control_r, control_w = os.pipe()
-    status_r, status_w = os.pipe()
-    paths = [p for p in sys.path if isinstance(p, str)]
-    code = (
-        f"import sys; sys.path[:0] = {paths!r}; "
-        "from headrace._sampling._zmq import background_main; "
-        f"background_main({control_r}, {status_w})"
-    )
-    try:
-        proc = subprocess.Popen(
-            [python, "-c", code], stdin=subprocess.DEVNULL, pass_fds=(control_r, status_w)
-        )
-    except BaseException:
-        for fd in (control_r, control_w, status_r, status_w):
-            os.close(fd)
-        raise
-    os.close(control_r)
-    os.close(status_w)
-    return proc, os.fdopen(control_w, "wb"), os.fdopen(status_r, "rb")
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait for the process to exit; terminate it, then kill it, if it does not."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout)
-        return
-    proc.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(1.0)
-        return
-    proc.kill()
-    proc.wait()
-
-
-def _crashed(proc: subprocess.Popen[bytes], seq: int) -> WorkerCrashedError:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(1.0)
-    code = proc.returncode
-    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-    return WorkerCrashedError(
-        f"the ZMQStreamer background process (pid {proc.pid}) died ({how}) after {seq} items, "
-        "before the end of its stream",
-        stage="ZMQStreamer",
-        worker=f"pid {proc.pid}",
-        exitcode=code,
-        index=seq,
-    )
-
-
-def _send_blob(pipe: BinaryIO, blob: bytes) -> None:
-    pipe.write(_LENGTH.pack(len(blob)))
-    pipe.write(blob)
-    pipe.flush()
-
-
-def _read_blob(pipe: BinaryIO) -> bytes | None:
-    """One length-prefixed message, or None at the end of the pipe."""
-    head = pipe.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    blob = pipe.read(size)
-    return blob if len(blob) == size else None
-
-
-def _failure(blob: bytes | None, index: int) -> BaseException:
-    """The background process's exception, with its traceback as ``__cause__``."""
-    import cloudpickle
-
-    # These bytes come from our own child over an anonymous OS pipe, not from a socket.
-    try:
-        exc, tb_text = cloudpickle.loads(blob or b"")
-    except Exception as why:
-        return WorkerCrashedError(
-            f"the ZMQStreamer background process failed at item {index} and its error could "
-            f"not be read back: {why!r}",
-            stage="ZMQStreamer",
-            index=index,
-        )
-    return deliver(exc, stage="ZMQStreamer", index=index, tb_text=tb_text)
-
-
-# --- the background process -----------------------------------------------------------------
-
-
-def _exit_when_told(control: BinaryIO) -> None:
-    """Exit the process as soon as the consumer closes the control pipe (or dies)."""
-    with contextlib.suppress(OSError):
-        while control.read(4096):
-            pass
-    os._exit(0)
-
-
 def background_main(control_fd: int, status_fd: int) -> None:
     """Read the pass from the control pipe, iterate the streamer and send its items."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
-    for fd in (control_fd, status_fd):
-        os.set_inheritable(fd, False)  # processes the streamer starts must not hold them
-    control = os.fdopen(control_fd, "rb")
-    status = os.fdopen(status_fd, "wb")
+    job, status = serve(control_fd, status_fd)
     import cloudpickle
-
-    blob = _read_blob(control)
-    if blob is None:
-        os._exit(0)  # the consumer went away before the pass began
-    job = cloudpickle.loads(blob)
-    threading.Thread(target=_exit_when_told, args=(control,), daemon=True).start()
     import zmq
 
     context = zmq.Context()
@@ -419,25 +285,12 @@ def background_main(control_fd: int, status_fd: int) -> None:
     sock.connect(job["address"])
     key, seq = job["key"], 0
     try:
-        streamer: Streamer = cloudpickle.loads(job["payload"])
-        limit = job["limit"]
-        items = streamer.cycle(limit) if job["cycle"] else streamer.iterate(limit)
-        for item in items:
+        streamer = cloudpickle.loads(job["payload"])
+        for item in produce(streamer, job["limit"], job["cycle"], STAGE):
             sock.send_multipart(encode(item, seq=seq, key=key, allow_pickle=job["allow_pickle"]))
             seq += 1
         sock.send_multipart(encode_end(seq=seq, key=key))
-    except BaseException as exc:
-        tb_text = format_traceback(exc)
-        if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: not the consumer's
-            exc = WorkerCrashedError(
-                f"the streamer raised {type(exc).__name__}({exc}) in the background process",
-                stage="ZMQStreamer",
-                index=seq,
-            )
-        try:
-            blob = cloudpickle.dumps((exc, tb_text))
-        except Exception:
-            blob = cloudpickle.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb_text))
-        _send_blob(status, blob)
+    except Exception as exc:
+        report(status, exc)
         sock.send_multipart(encode_end(seq=seq, key=key, kind=ERROR))
-    threading.Event().wait()  # until the consumer closes the control pipe: see _exit_when_told
+    threading.Event().wait()  # until the consumer closes the control pipe (see `serve`)

@@ -15,10 +15,16 @@ could not unpickle the chunk whole.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import multiprocessing.process
 import os
 import pickle
-from typing import Any
+import sys
+import types
+from collections import ChainMap
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -67,15 +73,76 @@ START_METHODS = ("forkserver", "spawn", "fork")
 ENV_START_METHOD = "HEADRACE_START_METHOD"
 _PR_SET_PDEATHSIG = 1
 _IDLE = -1
+#: The exit code of a worker process that, while importing the program's main script (spawn
+#: and forkserver workers do), was asked to start process workers itself: the script runs its
+#: pipeline at import, without an ``if __name__ == "__main__":`` guard. Its supervisor says so.
+NO_GUARD_EXIT = 87
+NO_GUARD_HINT = 'add `if __name__ == "__main__":` above the code that runs the pipeline'
+
+
+# --- the main-script guard ---------------------------------------------------------------------
+
+
+def main_script() -> str:
+    """The program's main script, as a worker re-imports it (or a placeholder)."""
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    return str(getattr(main, "__file__", None) or "the main script")
+
+
+def exit_if_importing_main(method: str) -> None:
+    """Called before starting process workers. In a worker process that is still importing the
+    program's main script (multiprocessing calls that bootstrapping: spawn and forkserver
+    workers re-run the script's top-level code), the script is starting a pipeline at import:
+    say in one line what to do and exit with `NO_GUARD_EXIT`, which the supervisor in the
+    parent recognises (instead of crashing in multiprocessing and being restarted in a loop)."""
+    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        return
+    with contextlib.suppress(Exception):
+        sys.stderr.write(
+            f"headrace: this worker process (start method {method!r}) re-ran {main_script()} "
+            f"while importing it, and the script starts a pipeline at import: {NO_GUARD_HINT}\n"
+        )
+        sys.stderr.flush()
+    os._exit(NO_GUARD_EXIT)
 
 
 # --- what a worker is sent ---------------------------------------------------------------------
 
 
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with its real file name: cloudpickle writes
+    ``<dynamic-code>`` there (for byte-identical payloads), and a worker's traceback would then
+    show neither the file nor the source line of the user's function."""
+    reduced = _CLOUD_CODE_REDUCE(code)
+    args = tuple(code.co_filename if a == _DYNAMIC else a for a in reduced[1])
+    return (reduced[0], args, *reduced[2:])
+
+
+_CLOUD_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+_DYNAMIC = "<dynamic-code>"
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the functions it sends by value."""
+
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _code_reduce} if _CLOUD_CODE_REDUCE else {},
+        cloudpickle.Pickler.dispatch_table,
+    )
+
+
+def dumps_keeping_files(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj, protocol=5)``, except that functions sent by value keep their
+    file name (so tracebacks in workers show the user's file and source line)."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
 def dump_callable(name: str, fn: Any) -> bytes:
     """The stage function as bytes for the workers; a clear TypeError if it cannot be sent."""
     try:
-        return bytes(cloudpickle.dumps(fn, protocol=5))
+        return dumps_keeping_files(fn)
     except Exception as exc:
         raise TypeError(
             f"stage {name!r}: its function {shorten(repr(fn), 120)} cannot be sent to a worker "

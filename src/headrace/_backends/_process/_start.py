@@ -12,7 +12,7 @@ from typing import Any
 
 from ... import _tempdirs
 from . import _forkserver
-from ._protocol import ENV_START_METHOD, START_METHODS
+from ._protocol import ENV_START_METHOD, START_METHODS, exit_if_importing_main
 
 
 def default_start_method() -> str:
@@ -29,6 +29,7 @@ def default_start_method() -> str:
 
 
 def _context(method: str) -> Any:
+    exit_if_importing_main(method)  # a worker re-running an unguarded main script ends here
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {method!r} is not available here")
     ctx = multiprocessing.get_context(method)

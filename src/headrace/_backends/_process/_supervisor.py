@@ -63,6 +63,8 @@ from ._protocol import (
     CRASH_LOOP,
     CRASH_WINDOW_S,
     DEPTH,
+    NO_GUARD_EXIT,
+    NO_GUARD_HINT,
     PIPE_BYTES,
     PIPE_SAFE,
     SLOW_CHUNK_S,
@@ -70,6 +72,7 @@ from ._protocol import (
     Spec,
     _load_error,
     _TransitError,
+    main_script,
 )
 from ._start import _context, default_start_method
 from ._warm import WARM
@@ -129,8 +132,8 @@ class Proc:
     def stop(self, grace: float) -> None:
         """Ask the worker to end, then escalate: SIGTERM, SIGKILL. Once stopped, again is a
         no-op (a worker retired after a crash is retired again when its supervisor ends)."""
-        if self._stopped:
-            return
+        if self._stopped or self._exitcode is not None:
+            return  # stopped (and closed) already
         self._stopped = True
         with contextlib.suppress(OSError, ValueError):
             self.alive.send_bytes(b"stop")  # the worker's watcher exits it at once
@@ -200,6 +203,7 @@ class ProcessWorkers(Workers):
         self._incarnations = [0] * work.options.workers
         self._crash_times: deque[tuple[float, int]] = deque()  # when, which item
         self._crashes: dict[int, int] = {}  # item index -> times it crashed (or ran late)
+        self._start_deaths = 0  # workers in a row that died before asking for an item
         self._avg_bytes: float | None = None
         self.pipe_safe = PIPE_SAFE
         self._ended = 0  # supervisor threads that have ended
@@ -446,6 +450,7 @@ class ProcessWorkers(Workers):
         kind = message[0]
         if kind == "ready":
             proc.ready = True
+            self._start_deaths = 0
         elif kind == "log":
             self._log(proc, message[1])
         elif kind == "setup":
@@ -544,6 +549,7 @@ class ProcessWorkers(Workers):
         sent.clear()
         if self.cancelled():
             raise Cancelled
+        self._check_start(proc, late)
         culprit = next((c for c in chunks if c.seq == seq), None)
         if culprit is not None and not 0 <= index < len(culprit.values):
             culprit = None
@@ -551,6 +557,26 @@ class ProcessWorkers(Workers):
             self._settle(proc, culprit, index, late)
         again.extendleft(reversed(chunks))
         return self._start(slot)
+
+    def _check_start(self, proc: Proc, late: bool) -> None:
+        """A worker died before it asked for an item: fail the run at once if it re-ran an
+        unguarded main script, or after `CRASH_LOOP` such deaths in a row (a worker that
+        cannot start would otherwise be replaced for ever)."""
+        if proc.exitcode == NO_GUARD_EXIT:
+            self.work.setup_failed(_no_guard(self.work.name, proc, self.method), "", None)
+            raise Cancelled
+        if proc.ready or late:
+            self._start_deaths = 0
+            return
+        self._start_deaths += 1
+        if self._start_deaths >= CRASH_LOOP:
+            what = (
+                f"stage {self.work.name!r}: {self._start_deaths} worker processes in a row died "
+                f"before they could start (the last one, {proc.pid}, {proc.describe_exit()}); "
+                "their output above says why"
+            )
+            self.work.setup_failed(_crash(what, self.work.name, proc, None), "", None)
+            raise Cancelled
 
     def _settle(self, proc: Proc, chunk: Chunk, index: int, late: bool) -> None:
         """Item ``index`` of ``chunk`` crashed its worker (or ran late): it goes again if its
@@ -620,6 +646,10 @@ class ProcessWorkers(Workers):
                 continue
             if proc.sentinel in ready:
                 proc.process.join(1.0)
+                if proc.exitcode == NO_GUARD_EXIT:
+                    error = _no_guard(self.work.name, proc, self.method)
+                    self.work.setup_failed(error, "", None)
+                    raise Cancelled
                 what = (
                     f"stage {self.work.name!r}: worker process {proc.pid} "
                     f"{proc.describe_exit()} while running the stage's function"
@@ -737,6 +767,16 @@ def _from_worker(error: BaseException, stage: str, key: int | None) -> BaseExcep
     if not isinstance(cause, BaseException):  # the pickling error itself did not travel
         cause = RuntimeError(text.split(": ", 1)[-1])
     return _transit(stage, key, what, cause)
+
+
+def _no_guard(stage: str, proc: Proc, method: str) -> WorkerCrashedError:
+    return _crash(
+        f"stage {stage!r}: the worker processes re-run {main_script()}, which starts a "
+        f"pipeline at import (start method {method!r}): {NO_GUARD_HINT}",
+        stage,
+        proc,
+        None,
+    )
 
 
 def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrashedError:
