@@ -1,16 +1,14 @@
 """What crosses between the parent and a worker process: the spec of a stage, the error
 codec, and the numbers both sides use. Imported by both; imports neither.
 
-    parent -> worker (task pipe):   ("job", Spec, slot, incarnation), ("calls", [chunk entry]),
-                                    ("items", (keys, data, places)) for stream stages, ("end",)
-    worker -> parent (result pipe): ("ready",), ("done", [done entry]), ("out", [outputs]),
-                                    ("log", record), ("failed" | "setup", error, traceback),
-                                    ("finished",), ("idle",)
+    parent -> worker (task pipe):   Job, Calls (of CallEntry), Items (stream stages), End
+    worker -> parent (result pipe): Ready, Results (of ChunkResult or Again), Outputs (stream
+                                    stages), Log, Failed, SetupFailed, Finished, Idle
 
-A chunk entry is (seq, keys, split, data, places): the chunk's values in one pickle (arrays out
-of band in shared memory), or one pickle per item when ``split``. A done entry is (seq, "done",
-outputs per port, completed, dropped, errors, busy seconds), or (seq, "again") when the worker
-could not unpickle the chunk whole.
+Each message is a named tuple (one pickle per message, by protocol 5). A `CallEntry` carries a
+chunk's values in one pickle (arrays out of band in shared memory), or one pickle per item when
+``split``. A `ChunkResult` carries a chunk's outputs per port, its counts, its error entries and
+the seconds it took; `Again` asks for a chunk the worker could not unpickle whole, item by item.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ import pickle
 import sys
 import types
 from collections import ChainMap
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import cloudpickle
 
@@ -150,6 +149,125 @@ def dump_callable(name: str, fn: Any) -> bytes:
             "picklable (e.g. open files or locks inside the function, or in a class's "
             "__init__), or use backend='thread'."
         ) from exc
+
+
+# --- the messages -----------------------------------------------------------------------------
+# parent -> worker
+
+
+class Job(NamedTuple):
+    """Run this stage, as worker ``slot`` of it (``incarnation``: how many ran in that slot)."""
+
+    spec: Spec
+    slot: int
+    incarnation: int
+
+
+class CallEntry(NamedTuple):
+    """One chunk for a call stage: its values in one pickle (``data`` and the shared-memory
+    ``places`` of its arrays), or one ``(data, places)`` per item when ``split``."""
+
+    seq: int
+    keys: Sequence[int]
+    split: bool
+    data: Any
+    places: list[Any]
+
+
+class Calls(NamedTuple):
+    entries: list[CallEntry]
+
+
+class Items(NamedTuple):
+    """Inputs of a stream stage (``transform``)."""
+
+    keys: Sequence[int]
+    data: bytes
+    places: list[Any]
+
+
+class End(NamedTuple):
+    """No more input: finish the job and say `Idle`."""
+
+
+# worker -> parent
+
+
+class Ready(NamedTuple):
+    """Set up (the function is loaded): a timed item's clock may start."""
+
+
+class ChunkResult(NamedTuple):
+    """A chunk done: per port ``(keys, split, data, places)``; error entries
+    ``(key, error, traceback)``; seconds of work."""
+
+    seq: int
+    outputs: list[tuple[Any, ...]]
+    completed: int
+    dropped: int
+    errors: list[tuple[Any, ...]]
+    busy_s: float
+
+
+class Again(NamedTuple):
+    """The chunk could not be unpickled whole: send it again item by item."""
+
+    seq: int
+
+
+class Results(NamedTuple):
+    entries: list[ChunkResult | Again]
+
+
+class Outputs(NamedTuple):
+    """Outputs of a stream stage, each ``(data, places)``."""
+
+    outputs: list[tuple[bytes, list[Any]]]
+
+
+class Log(NamedTuple):
+    """A `logging` record's fields."""
+
+    fields: dict[str, Any]
+
+
+class Failed(NamedTuple):
+    """A stream stage failed (``key``: the item it was on)."""
+
+    error: bytes
+    traceback: str
+    key: int | None
+
+
+class SetupFailed(NamedTuple):
+    """The stage's function could not be loaded or instantiated."""
+
+    error: bytes
+    traceback: str
+
+
+class Finished(NamedTuple):
+    """A stream stage's outputs are all sent."""
+
+
+class Idle(NamedTuple):
+    """The job is over and the worker healthy: it waits for another `Job`."""
+
+
+Message = (
+    Job
+    | Calls
+    | Items
+    | End
+    | Ready
+    | Results
+    | Outputs
+    | Log
+    | Failed
+    | SetupFailed
+    | Finished
+    | Idle
+)
 
 
 class Spec:

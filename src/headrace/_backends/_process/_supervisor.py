@@ -69,6 +69,22 @@ from ._protocol import (
     PIPE_SAFE,
     SLOW_CHUNK_S,
     STOP_GRACE_S,
+    Again,
+    CallEntry,
+    Calls,
+    ChunkResult,
+    End,
+    Failed,
+    Finished,
+    Idle,
+    Items,
+    Job,
+    Log,
+    Message,
+    Outputs,
+    Ready,
+    Results,
+    SetupFailed,
     Spec,
     _load_error,
     _TransitError,
@@ -124,9 +140,9 @@ class Proc:
         """Give the worker a stage to run (as worker ``slot`` of it)."""
         self.slot = slot
         self.ready = False
-        self.tasks.send_bytes(pickle.dumps(("job", spec, slot, incarnation), protocol=5))
+        self.tasks.send_bytes(pickle.dumps(Job(spec, slot, incarnation), protocol=5))
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: Message) -> None:
         self.tasks.send_bytes(pickle.dumps(message, protocol=5))
 
     def stop(self, grace: float) -> None:
@@ -363,7 +379,7 @@ class ProcessWorkers(Workers):
             if not sent and (proc.ready or not timed):
                 if ended and not again and held_back is None:
                     with contextlib.suppress(OSError):
-                        proc.send(("end",))
+                        proc.send(End())
                     return self._await_idle(proc)
                 continue
             timeout = None
@@ -400,10 +416,10 @@ class ProcessWorkers(Workers):
                     message = pickle.loads(proc.results.recv_bytes())
                 except (EOFError, OSError):
                     return False
-                if message[0] == "idle":
+                if isinstance(message, Idle):
                     return True
-                if message[0] == "log":
-                    self._log(proc, message[1])
+                if isinstance(message, Log):
+                    self._log(proc, message.fields)
                 continue
             if proc.sentinel in ready:
                 return False
@@ -422,7 +438,8 @@ class ProcessWorkers(Workers):
             except Exception:
                 chunk.split = True
             else:
-                return pickle.dumps(("calls", [(chunk.seq, chunk.keys, False, data, places)]), 5)
+                entry = CallEntry(chunk.seq, chunk.keys, False, data, places)
+                return pickle.dumps(Calls([entry]), protocol=5)
         parts, keys, values = [], [], []
         for key, value in zip(chunk.keys, chunk.values, strict=True):
             try:
@@ -437,30 +454,29 @@ class ProcessWorkers(Workers):
         if not values:
             self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
             return None
-        return pickle.dumps(("calls", [(chunk.seq, keys, True, parts, [])]), protocol=5)
+        return pickle.dumps(Calls([CallEntry(chunk.seq, keys, True, parts, [])]), protocol=5)
 
     def _handle(
         self,
         proc: Proc,
-        message: tuple[Any, ...],
+        message: Message,
         held: dict[int, Chunk],
         sent: deque[tuple[list[int], float]],
         again: deque[Chunk],
     ) -> None:
-        kind = message[0]
-        if kind == "ready":
+        if isinstance(message, Ready):
             proc.ready = True
             self._start_deaths = 0
-        elif kind == "log":
-            self._log(proc, message[1])
-        elif kind == "setup":
-            self.work.setup_failed(_load_error(message[1]), message[2], None)
+        elif isinstance(message, Log):
+            self._log(proc, message.fields)
+        elif isinstance(message, SetupFailed):
+            self.work.setup_failed(_load_error(message.error), message.traceback, None)
             raise Cancelled
-        elif kind == "done":
+        elif isinstance(message, Results):
             sent.popleft()
-            for entry in message[1]:
-                chunk = held.pop(entry[0])
-                if entry[1] == "again":  # the worker could not unpickle it whole
+            for entry in message.entries:
+                chunk = held.pop(entry.seq)
+                if isinstance(entry, Again):  # the worker could not unpickle it whole
                     chunk.split = True
                     again.append(chunk)
                     continue
@@ -472,11 +488,11 @@ class ProcessWorkers(Workers):
                 self._learn(got[0], got[1])
                 self.work.finish(got[0])
 
-    def _done(self, chunk: Chunk, entry: tuple[Any, ...]) -> tuple[Done, int] | None:
+    def _done(self, chunk: Chunk, entry: ChunkResult) -> tuple[Done, int] | None:
         """The `Done` a worker's entry describes, and the bytes its results took; None when a
         whole-chunk result cannot be unpickled (the chunk then runs again item by item, to
         find the item: its items run twice)."""
-        _, _, outputs, completed, dropped, errors, busy = entry
+        _, outputs, completed, dropped, errors, busy = entry
         failures = [
             Failure(key, _from_worker(_load_error(data), self.work.name, key), tb)
             for key, data, tb in errors
@@ -640,7 +656,7 @@ class ProcessWorkers(Workers):
                     message = pickle.loads(proc.results.recv_bytes())
                 except (EOFError, OSError):
                     continue
-                if message[0] == "finished":
+                if isinstance(message, Finished):
                     return self._await_idle(proc)
                 self._handle_stream(proc, message)
                 continue
@@ -663,27 +679,26 @@ class ProcessWorkers(Workers):
         try:
             for keys, values in self.work.stream_chunks():
                 data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
-                proc.send(("items", (keys, data, places)))
-            proc.send(("end",))
+                proc.send(Items(keys, data, places))
+            proc.send(End())
         except (Cancelled, StopStage, OSError, EOFError):
             pass
         except Exception as exc:
             error = _transit(self.work.name, None, "an item could not be pickled", exc)
             self.work.stream_failed(error, format_traceback(exc))
 
-    def _handle_stream(self, proc: Proc, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "log":
-            self._log(proc, message[1])
-        elif kind == "out":
-            for data, places in message[1]:
+    def _handle_stream(self, proc: Proc, message: Message) -> None:
+        if isinstance(message, Log):
+            self._log(proc, message.fields)
+        elif isinstance(message, Outputs):
+            for data, places in message.outputs:
                 self.work.emit(decode(data, places, self.mapper))
             self.work.flush()
-        elif kind == "failed":
-            error = _from_worker(_load_error(message[1]), self.work.name, None)
-            self.work.stream_failed(error, message[2])
-        elif kind == "setup":
-            self.work.setup_failed(_load_error(message[1]), message[2], None)
+        elif isinstance(message, Failed):
+            error = _from_worker(_load_error(message.error), self.work.name, None)
+            self.work.stream_failed(error, message.traceback)
+        elif isinstance(message, SetupFailed):
+            self.work.setup_failed(_load_error(message.error), message.traceback, None)
             raise Cancelled
 
     # --- the end ------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
     parent                                      worker process
     ------                                      --------------
-    ("job", spec) ------------------------->    _run_job(): ChildWork (`StageWork` over the
-    ("calls", chunks) --------------------->      pipes), run_calls / run_stream (`_base`)
-                   <------------------------    ("done", results) / ("out", outputs), logs
-    ("end",) ------------------------------>    ("idle",): ready for the next job
+    Job(spec) ----------------------------->    _run_job(): ChildWork (`StageWork` over the
+    Calls(chunks) ------------------------->      pipes), run_calls / run_stream (`_base`)
+                   <------------------------    Results / Outputs, Log records
+    End() --------------------------------->    Idle(): ready for the next job
     alive pipe: "stop" or EOF ------------->    exits at once (watcher thread)
 
 It ignores SIGINT (Ctrl-C is the parent's), dies with its parent (EOF on the alive pipe, and
@@ -57,6 +57,20 @@ from ._protocol import (
     FLUSH_S,
     IDLE_S,
     MAX_BATCH,
+    Again,
+    Calls,
+    ChunkResult,
+    Failed,
+    Finished,
+    Idle,
+    Items,
+    Job,
+    Log,
+    Message,
+    Outputs,
+    Ready,
+    Results,
+    SetupFailed,
     Spec,
     _dump_error,
     _failure_entry,
@@ -80,10 +94,10 @@ def worker_main(tasks: Connection, results: Connection, alive: Connection, death
     try:
         while tasks.poll(IDLE_S):
             message = pickle.loads(tasks.recv_bytes())
-            if message[0] != "job":
+            if not isinstance(message, Job):
                 return
-            _run_job(message[1], message[2], message[3], tasks, results)
-            results.send_bytes(pickle.dumps(("idle",), protocol=5))
+            _run_job(message.spec, message.slot, message.incarnation, tasks, results)
+            results.send_bytes(pickle.dumps(Idle(), protocol=5))
     except (EOFError, OSError):
         pass  # the parent closed the pipes: the run is over
 
@@ -107,7 +121,7 @@ def _run_job(
         if spec.kind in STREAM_KINDS:
             run_stream(child)
             child.flush()
-            child.send(("finished",))
+            child.send(Finished())
         else:
             run_calls(child, mark=child.mark)
     finally:
@@ -171,7 +185,7 @@ class ChildWork:
         # Where the worker's loop writes the position of the item it calls (see `Caller`).
         self.mark = memoryview(self._progress)[16 * slot + 8 : 16 * slot + 16].cast("q")
         self._queue: deque[Chunk] = deque()
-        self._done: list[tuple[Any, ...]] = []
+        self._done: list[ChunkResult | Again] = []
         self._outputs: list[tuple[bytes, list[Any]]] = []
         self._first_output = 0.0
         self._key: int | None = None
@@ -179,13 +193,13 @@ class ChildWork:
 
     # messages
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: Message) -> None:
         data = pickle.dumps(message, protocol=5)
         with self._send_lock:
             self._results.send_bytes(data)
 
-    def _recv(self) -> tuple[Any, ...]:
-        message: tuple[Any, ...] = pickle.loads(self._tasks.recv_bytes())
+    def _recv(self) -> Message:
+        message: Message = pickle.loads(self._tasks.recv_bytes())
         return message
 
     def _mark(self, seq: int) -> None:
@@ -196,17 +210,17 @@ class ChildWork:
     def next_chunk(self, block: bool = True) -> Chunk | None:
         if not self._ready:
             self._ready = True
-            self.send(("ready",))  # set up: a timed item's clock may start
+            self.send(Ready())  # set up: a timed item's clock may start
         while True:
             if not self._queue:
                 self._mark(_IDLE)
                 if self._done:
-                    self.send(("done", self._done))
+                    self.send(Results(self._done))
                     self._done = []
                 message = self._recv()
-                if message[0] != "calls":
+                if not isinstance(message, Calls):
                     return None
-                for seq, keys, split, data, places in message[1]:
+                for seq, keys, split, data, places in message.entries:
                     chunk = self._unpack(seq, keys, split, data, places)
                     if chunk is not None:
                         self._queue.append(chunk)
@@ -224,7 +238,7 @@ class ChildWork:
             try:
                 values = decode(data, places, self.mapper)
             except BaseException:
-                self._done.append((seq, "again"))
+                self._done.append(Again(seq))
                 return None
             return Chunk(seq, keys, values, split=False)
         good_keys, good_values, failures = [], [], []
@@ -270,7 +284,7 @@ class ChildWork:
                 outputs.append((keys, True, parts, []))
             completed -= len(bad)
         self._done.append(
-            (chunk.seq, "done", outputs, completed, done.dropped, errors, done.busy_s)
+            ChunkResult(chunk.seq, outputs, completed, done.dropped, errors, done.busy_s)
         )
         # The outputs are copied out: let go of them (and the input) now, not when the loop
         # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
@@ -284,9 +298,9 @@ class ChildWork:
             if self._outputs and not self._tasks.poll():
                 self.flush()  # about to wait: what is made so far goes out first
             message = self._recv()
-            if message[0] != "items":
+            if not isinstance(message, Items):
                 return
-            keys, data, places = message[1]
+            keys, data, places = message
             for key, value in zip(keys, decode(data, places, self.mapper), strict=True):
                 self._key = key
                 set_item(self.seed, self.position, key)
@@ -302,7 +316,7 @@ class ChildWork:
     def flush(self) -> None:
         if self._outputs:
             outputs, self._outputs = self._outputs, []
-            self.send(("out", outputs))
+            self.send(Outputs(outputs))
 
     def forward(self) -> None:
         raise AssertionError("pass-through stages run in the parent")
@@ -312,10 +326,10 @@ class ChildWork:
 
     def stream_failed(self, error: BaseException, tb: str) -> None:
         self.flush()
-        self.send(("failed", _dump_error(error), tb, self._key))
+        self.send(Failed(_dump_error(error), tb, self._key))
 
     def setup_failed(self, error: BaseException, tb: str, key: int | None = None) -> None:
-        self.send(("setup", _dump_error(error), tb))
+        self.send(SetupFailed(_dump_error(error), tb))
 
     def worker_exited(self) -> None:
         pass
@@ -351,7 +365,7 @@ class PipeLogHandler(logging.Handler):
                 fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
             fields["exc_info"] = None
             fields = {k: v for k, v in fields.items() if _picklable(v)}
-            self._child.send(("log", fields))
+            self._child.send(Log(fields))
         except Exception:
             self.handleError(record)
 
