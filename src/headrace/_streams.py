@@ -89,6 +89,10 @@ class Stream:
                 "nothing; put the sink last"
             )
         label = options.name or callable_name(fn, kind)
+        if options.backend == "process":
+            from ._backends._process import prestart
+
+            prestart()  # the forkserver boots while the rest of the pipeline is built
         return Node(kind, fn, options, ((self._node, self._port),), ports=ports, label=label)
 
     def _call_stage(self, kind: str, fn: Any, options: StageKwargs) -> Stream:

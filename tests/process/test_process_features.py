@@ -521,3 +521,25 @@ def test_a_warm_worker_draws_afresh_for_each_run() -> None:
     first = stream.collect(seed=3)
     assert stream.collect(seed=3) == first
     assert stream.collect(seed=3) == first
+
+
+def test_building_a_process_stage_starts_the_forkserver_early() -> None:
+    """The forkserver boots while the pipeline is still being built (its imports overlap the
+    program's own work), and the run then uses it."""
+    code = (
+        "import sys\n"
+        "from multiprocessing import forkserver\n"
+        "import headrace as hr\n"
+        "stream = hr.from_iterable(range(4)).map(abs, workers=2, backend='process')\n"
+        "early = forkserver._forkserver._forkserver_pid\n"
+        "assert early is not None, 'no forkserver after building the stage'\n"
+        "assert stream.collect() == [0, 1, 2, 3]\n"
+        "assert forkserver._forkserver._forkserver_pid == early\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HEADRACE_START_METHOD"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -30,7 +30,7 @@ from __future__ import annotations
 from ..._stages import StageOptions
 from .._base import Backend, StageWork, Workers
 from ._protocol import BATCH_S, DEPTH, START_METHODS, WINDOW_BYTES
-from ._start import default_start_method
+from ._start import default_start_method, prestart
 from ._supervisor import Proc, ProcessWorkers
 from ._warm import WARM, WarmWorkers, release_warm
 
@@ -42,6 +42,7 @@ __all__ = [
     "ProcessWorkers",
     "WarmWorkers",
     "default_start_method",
+    "prestart",
     "release_warm",
 ]
 

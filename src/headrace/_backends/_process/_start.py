@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util
@@ -56,3 +57,19 @@ def _context(method: str) -> Any:
                 stacklevel=6,
             )
     return ctx
+
+
+def prestart() -> None:
+    """Start the forkserver now without waiting for it, when it is the default start method:
+    it imports what workers need while the program goes on building its pipeline, and the
+    first worker waits that much less. From the main thread only (see `_forkserver`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(Exception):  # a bad $HEADRACE_START_METHOD is reported at run
+        if default_start_method() != "forkserver":
+            return
+        from multiprocessing import forkserver
+
+        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+            _context("forkserver")
+            forkserver.ensure_running()  # spawns the server; does not wait for its imports
