@@ -13,6 +13,7 @@ Examples
 from __future__ import annotations
 
 from ._arrays import ArrayJob
+from ._backends._ray import RayEngine
 from ._errors import (
     ClosedError,
     FrameError,
@@ -53,6 +54,7 @@ __all__ = [
     "GraphError",
     "HeadraceError",
     "ProcessStreamer",
+    "RayEngine",
     "RemoteError",
     "Report",
     "RoundRobinMux",

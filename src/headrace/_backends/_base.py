@@ -17,6 +17,7 @@ Must not import the runner or any feature module.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._errors import StageTimeoutError, format_traceback, shorten
+import cloudpickle
+
+from .._errors import RemoteError, StageTimeoutError, format_traceback, shorten
 from .._stages import StageOptions, identity_body
 from .._transport import Cancelled, StopStage
 
@@ -422,3 +425,75 @@ def item_rng(entropy: tuple[int, int, int]) -> Any:
 
 def cache_rng(entropy: tuple[int, int, int], rng: Any) -> None:
     _item.rng = (entropy, rng)
+
+
+# --- what crosses to a worker elsewhere: the function, and errors with their types ------------
+
+
+def dump_callable(name: str, fn: Any) -> bytes:
+    """The stage function as bytes for the workers; a clear TypeError if it cannot be sent."""
+    try:
+        return bytes(cloudpickle.dumps(fn, protocol=5))
+    except Exception as exc:
+        raise TypeError(
+            f"stage {name!r}: its function {shorten(repr(fn), 120)} cannot be sent to a worker "
+            f"process: {type(exc).__name__}: {shorten(str(exc), 300)}. Make what it refers to "
+            "picklable (e.g. open files or locks inside the function, or in a class's "
+            "__init__), or use backend='thread'."
+        ) from exc
+
+
+def dump_error(error: BaseException) -> bytes:
+    """The exception as bytes for the parent: the exception itself when it pickles whole; else
+    its class, args and the attributes that pickle, to rebuild it without calling
+    ``__init__`` (a class whose ``__init__`` does not take its ``args`` is common); with its
+    type name and message, for a `RemoteError` when even the class cannot travel."""
+    name = f"{type(error).__module__}.{type(error).__qualname__}"
+    message = shorten(str(error))
+    payload: bytes | None = None
+    try:
+        payload = bytes(cloudpickle.dumps(error, protocol=5))
+        pickle.loads(payload)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
+    except BaseException:
+        state = {k: v for k, v in vars(error).items() if _pickles(v)}
+        try:
+            payload = bytes(cloudpickle.dumps((_REBUILD, type(error), error.args, state), 5))
+        except BaseException:
+            payload = None
+    return pickle.dumps((payload, name, message), protocol=5)
+
+
+_REBUILD = "headrace-rebuild"
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except BaseException:
+        return False
+    return True
+
+
+def load_error(data: bytes) -> BaseException:
+    """The exception `dump_error` sent: with its own type whenever its class can be had here
+    (rebuilt without ``__init__`` if need be); else a `RemoteError` with its type name."""
+    payload, name, message = pickle.loads(data)
+    try:
+        error = pickle.loads(payload) if payload is not None else None
+    except Exception:
+        error = None
+    if isinstance(error, tuple) and len(error) == 4 and error[0] == _REBUILD:
+        error = _rebuild(error[1], error[2], error[3])
+    if isinstance(error, BaseException):
+        return error
+    return RemoteError(name, message)
+
+
+def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException | None:
+    try:
+        error = cls.__new__(cls)
+        error.args = args
+        error.__dict__.update(state)
+    except Exception:
+        return None
+    return error if isinstance(error, BaseException) else None
