@@ -104,7 +104,11 @@ class RayEngine:
     def __init__(self, address: str | None = None, **ray_init_kwargs: Any) -> None:
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a string or None, got {address!r}")
-        if importlib.util.find_spec("ray") is None:
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             raise ImportError(f"headrace: {INSTALL_HINT}")
         self.address = address
         self.ray_init_kwargs = dict(ray_init_kwargs)
