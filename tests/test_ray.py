@@ -38,6 +38,23 @@ def alive_actors(ray: Any) -> list[str]:
     return [aid for aid, a in state.actors().items() if a.get("State") != "DEAD"]
 
 
+def idle_actors() -> int:
+    from headrace._backends import _ray
+
+    return len(_ray.IDLE._actors)
+
+
+def wait_only_idle_actors(ray: Any, timeout: float = 5.0) -> bool:
+    """Whether, within ``timeout``, the only actors alive are those kept idle for a later run
+    (an actor that held a call when its run closed must be dead)."""
+    deadline = time.monotonic() + timeout
+    while len(alive_actors(ray)) != idle_actors():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def wait_no_actors(ray: Any, timeout: float = 5.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while (alive := alive_actors(ray)) and time.monotonic() < deadline:
@@ -282,25 +299,52 @@ def test_a_hung_item_raises_a_timeout(engine: hr.RayEngine) -> None:
 
 
 def test_an_early_break_kills_the_actors(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
     s = hr.from_iterable(range(10_000)).map(slow, backend="process", workers=2)
     with s.open(engine=engine) as run:
         for x in run:
             if x == 3:
                 break
         assert alive_actors(ray_session)  # the actors were running
-    assert wait_no_actors(ray_session) == []
+    assert wait_only_idle_actors(ray_session)
+    assert idle_actors() < 2  # at least one actor held calls: killed, not kept
 
 
 def test_ctrl_c_in_the_consumer_kills_the_actors(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
     s = hr.from_iterable(range(10_000)).map(slow, backend="process", workers=2)
     with pytest.raises(KeyboardInterrupt), s.open(engine=engine) as run:
         for x in run:
             if x == 3:
                 raise KeyboardInterrupt
+    assert wait_only_idle_actors(ray_session)
+    assert idle_actors() < 2  # at least one actor held calls: killed, not kept
+
+
+def test_a_finished_run_keeps_its_actors_idle_for_the_next_run(
+    engine: hr.RayEngine, ray_session: Any
+) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    assert wait_no_actors(ray_session) == []
+    s = hr.from_iterable(range(N)).map(my_pid, backend="process", workers=2)
+    first = {pid for _, pid in s.collect(engine=engine)}
+    assert len(alive_actors(ray_session)) == 2  # idle, kept for the next run
+    second = {pid for _, pid in s.collect(engine=engine)}
+    assert second <= first  # the same actors ran it: no start-up
+    engine.shutdown()
     assert wait_no_actors(ray_session) == []
 
 
-def test_a_finished_run_leaves_no_actors_or_objects(engine: hr.RayEngine, ray_session: Any) -> None:
+def test_the_actors_of_a_failed_run_are_not_kept(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(N)).map(crash_on_seven, backend="process", workers=2)
+    with pytest.raises(hr.WorkerCrashedError):
+        s.collect(engine=engine)
+    assert wait_only_idle_actors(ray_session)
+    assert idle_actors() < 2  # the actor that died is not kept; one that held calls neither
+
+
+def test_a_finished_run_leaves_no_objects(engine: hr.RayEngine, ray_session: Any) -> None:
     worker = ray_session._private.worker.global_worker
     before = set(worker.core_worker.get_all_reference_counts())
     out = (
@@ -311,7 +355,9 @@ def test_a_finished_run_leaves_no_actors_or_objects(engine: hr.RayEngine, ray_se
     assert len(out) == 6
     del out
     gc.collect()
+    engine.shutdown()  # ends the idle actors (the session's Ray was not started by the engine)
     assert wait_no_actors(ray_session) == []
+    assert ray_session.is_initialized()
     deadline = time.monotonic() + 5
     while (left := set(worker.core_worker.get_all_reference_counts()) - before) and (
         time.monotonic() < deadline

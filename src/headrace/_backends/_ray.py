@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -59,6 +60,12 @@ POLL_S = 0.05
 #: A crash loop: this many different items killing actors within CRASH_WINDOW_S seconds.
 CRASH_LOOP = 5
 CRASH_WINDOW_S = 10.0
+#: Seconds an actor left idle by a finished run is kept for the next run (starting one takes a
+#: second or more); it then exits. One idle longer than IDLE_S - IDLE_MARGIN_S is not reused.
+IDLE_S = 60.0
+IDLE_MARGIN_S = 5.0
+#: Idle actors kept at most (more are ended when given back).
+MAX_IDLE = 4 * (os.cpu_count() or 1)
 INSTALL_HINT = 'the Ray engine needs Ray: pip install "headrace[ray]"'
 
 
@@ -130,7 +137,9 @@ class RayEngine:
         return ray
 
     def shutdown(self) -> None:
-        """Shut down the Ray that this engine started (nothing if it connected to one)."""
+        """End the actors kept idle for later runs, and shut down the Ray that this engine
+        started (not one it connected to)."""
+        release_idle()
         with self._lock:
             if not self._started:
                 return
@@ -182,15 +191,31 @@ class Spec:
 
 
 class StageActor:
-    """The body of one actor: the stage's function (a class instantiated once) and a Caller.
+    """The body of one actor: it runs one stage at a time (`job`), then waits idle for the next
+    run's, and exits after `IDLE_S` seconds without one.
 
-    `run` returns ("done", outputs per port, completed, dropped, failures, busy seconds) with
-    each failure as (index, exception bytes, traceback text); or ("setup", error, traceback)
-    when the function could not be made."""
+    `job` makes the stage's function (a class is instantiated once per actor) and returns
+    ("ready", pid) or ("setup", error, traceback). `run` returns ("done", outputs per port,
+    completed, dropped, failures, busy seconds) with each failure as (index, exception bytes,
+    traceback text)."""
 
-    def __init__(self, spec: Spec) -> None:
-        self.setup: tuple[bytes, str] | None = None
+    def __init__(self) -> None:
         self.caller: Caller | None = None
+        self.setup: tuple[bytes, str] | None = None
+        self.last = time.monotonic()
+        self.busy = False
+        threading.Thread(target=self._exit_when_idle, daemon=True).start()
+
+    def _exit_when_idle(self) -> None:
+        while True:
+            time.sleep(1.0)
+            if not self.busy and time.monotonic() - self.last > IDLE_S:
+                os._exit(0)
+
+    def job(self, spec: Spec) -> tuple[Any, ...]:
+        self.last = time.monotonic()
+        self.busy = True
+        self.caller, self.setup = None, None
         try:
             import cloudpickle
 
@@ -198,22 +223,27 @@ class StageActor:
             self.caller = Caller(spec, fn)  # type: ignore[arg-type]
         except BaseException as exc:
             self.setup = (dump_error(exc), format_traceback(exc))
+            return ("setup", *self.setup)
+        return ("ready", os.getpid())
+
+    def end_job(self) -> None:
+        """The run is over: drop the stage's function (and what it holds)."""
+        self.caller = self.setup = None
+        self.busy = False
+        self.last = time.monotonic()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def ready(self) -> tuple[Any, ...]:
-        if self.setup is not None:
-            return ("setup", *self.setup)
-        return ("ready", os.getpid())
-
     def run(self, seq: int, keys: Sequence[int], values: list[Any]) -> tuple[Any, ...]:
+        self.last = time.monotonic()
         if self.caller is None:
             assert self.setup is not None
             return ("setup", *self.setup)
         done = self.caller.run(Chunk(seq, keys, values))
         errors = [(f.key, dump_error(f.error), f.traceback) for f in done.errors]
         outputs = [(list(k), v) for k, v in done.outputs]
+        self.last = time.monotonic()
         return ("done", outputs, done.completed, done.dropped, errors, done.busy_s)
 
 
@@ -225,6 +255,58 @@ def _remote_actor(ray: Any) -> Any:
     if _actor_class is None:
         _actor_class = ray.remote(max_restarts=0, max_task_retries=0)(StageActor)
     return _actor_class
+
+
+class IdleActors:
+    """Actors that finished a run cleanly, kept for the next run (a Ray actor takes a second or
+    more to start). Only an actor whose run ended normally comes back: one that crashed, ran
+    late, or was stopped mid-call (an error, an early exit, Ctrl-C) is killed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._actors: list[tuple[Any, float]] = []
+
+    def take(self, ray: Any) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            while self._actors:
+                actor, since = self._actors.pop()
+                if now - since < IDLE_S - IDLE_MARGIN_S:
+                    return actor
+                _kill_actor(ray, actor)
+        return _remote_actor(ray).remote()
+
+    def give(self, ray: Any, actor: Any) -> None:
+        with contextlib.suppress(Exception):
+            actor.end_job.remote()
+        with self._lock:
+            if len(self._actors) < MAX_IDLE:
+                self._actors.append((actor, time.monotonic()))
+                return
+        _kill_actor(ray, actor)
+
+    def release(self) -> None:
+        """Kill every idle actor (`RayEngine.shutdown`, and the tests between two tests)."""
+        with self._lock:
+            actors, self._actors = self._actors, []
+        ray = sys.modules.get("ray")
+        if ray is not None and actors and ray.is_initialized():
+            for actor, _ in actors:
+                _kill_actor(ray, actor)
+
+
+def _kill_actor(ray: Any, actor: Any) -> None:
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+
+
+#: The idle actors of this program (one Ray connection per program).
+IDLE = IdleActors()
+
+
+def release_idle() -> None:
+    """End the actors kept idle for later runs."""
+    IDLE.release()
 
 
 # --- the driver side --------------------------------------------------------------------------
@@ -261,6 +343,8 @@ class RayWorkers(Workers):
         self._spec = ray.put(spec)
         self._lock = threading.Lock()
         self._actors: dict[int, Any] = {}
+        self._ready: dict[int, Any] = {}  # slot -> the answer to its actor's `job` call
+        self._clean: set[int] = set()  # slots whose actor holds no call
         self._crash_times: deque[tuple[float, int]] = deque()
         self._crashes: dict[int, int] = {}  # item index -> times it killed its actor (or ran late)
         self.closing = False
@@ -281,18 +365,25 @@ class RayWorkers(Workers):
 
     # --- actors ---------------------------------------------------------------------------
 
-    def _new_actor(self, slot: int) -> Any:
-        actor = _remote_actor(self.ray).remote(self._spec)
+    def _new_actor(self, slot: int, fresh: bool = False) -> None:
+        """Give ``slot`` an actor (an idle one of an earlier run, unless ``fresh``) and start
+        the stage's job on it; `_await_ready` waits for it."""
+        actor = _remote_actor(self.ray).remote() if fresh else IDLE.take(self.ray)
         with self._lock:
             self._actors[slot] = actor
-        return actor
+            self._ready[slot] = actor.job.remote(self._spec)
 
     def _kill(self, slot: int) -> None:
         with self._lock:
             actor = self._actors.pop(slot, None)
         if actor is not None:
-            with contextlib.suppress(Exception):
-                self.ray.kill(actor, no_restart=True)
+            _kill_actor(self.ray, actor)
+
+    def _give_back(self, slot: int) -> None:
+        with self._lock:
+            actor = self._actors.pop(slot, None)
+        if actor is not None:
+            IDLE.give(self.ray, actor)
 
     def _kill_all(self) -> None:
         with self._lock:
@@ -319,7 +410,10 @@ class RayWorkers(Workers):
                 with contextlib.suppress(Cancelled):
                     self.work.setup_failed(exc, format_traceback(exc), None)
         finally:
-            self._kill(slot)
+            if slot in self._clean:  # its actor holds no call: it is kept for a later run
+                self._give_back(slot)
+            else:
+                self._kill(slot)
             self.work.worker_exited()
 
     def _calls(self, slot: int) -> None:
@@ -328,8 +422,9 @@ class RayWorkers(Workers):
         again: deque[Chunk] = deque()  # chunks to send again: a dead actor's
         split: set[int] = set()  # seqs of chunks to run item by item
         ended = False
-        if self.timed:
-            self._await_ready(slot)  # the actor's start-up must not count against an item
+        self._clean.add(slot)  # an actor still starting holds no call: it may be kept
+        self._await_ready(slot)  # its start-up must not count against an item's timeout
+        self._clean.discard(slot)
         while True:
             if self.stopped():
                 return
@@ -348,7 +443,10 @@ class RayWorkers(Workers):
                 elif ended:
                     break
                 else:
+                    if not sent:  # the actor holds nothing: it may be kept if the run ends now
+                        self._clean.add(slot)
                     chunk = work.next_chunk(block=not sent)
+                    self._clean.discard(slot)
                     if chunk is None:
                         ended = True
                         break
@@ -364,6 +462,7 @@ class RayWorkers(Workers):
                 sent.append((chunk, ref))
             if not sent:
                 if ended and not again:
+                    self._clean.add(slot)
                     return
                 continue
             chunk, ref = sent[0]
@@ -380,6 +479,7 @@ class RayWorkers(Workers):
                 if isinstance(exc, _Died):
                     self._kill(slot)
                     self._new_actor(slot)
+                    self._await_ready(slot)
                 continue
             if result is None:  # a timed item ran late: settled like a crash
                 sent.popleft()
@@ -400,9 +500,20 @@ class RayWorkers(Workers):
         return None if timeout is None else time.monotonic() + timeout
 
     def _await_ready(self, slot: int) -> None:
-        result = self._wait(self._actors[slot].ready.remote(), None)
-        assert result is not None
-        self._check_setup(result)
+        """Wait for the slot's actor to have made the stage's function; an idle actor that
+        has gone meanwhile is replaced by a fresh one."""
+        for attempt in range(2):
+            try:
+                result = self._wait(self._ready[slot], None)
+            except _Died:
+                self._kill(slot)
+                if attempt:
+                    raise
+                self._new_actor(slot, fresh=True)
+                continue
+            assert result is not None
+            self._check_setup(result)
+            return
 
     def _wait(self, ref: Any, deadline: float | None) -> tuple[Any, ...] | None:
         """The actor's answer; None when ``deadline`` passes first; _Died when it is gone."""
@@ -467,8 +578,7 @@ class RayWorkers(Workers):
                     self._kill(slot)
                     self._new_actor(slot)
                     failure = self._settle(part, 0, late=late)
-                    if late and self.timed:
-                        self._await_ready(slot)
+                    self._await_ready(slot)
                     if failure is None:
                         continue  # its retries allow another try, on the fresh actor
                     total.errors.append(failure)
