@@ -315,16 +315,28 @@ def ray_session() -> Iterator[Any]:
     Skips the test when Ray is not installed."""
     ray = pytest.importorskip("ray")
     # Actors import the test modules that define their functions, as worker processes do:
-    # Ray's processes inherit the test directories that pytest put on sys.path.
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    # Ray's processes (started now) inherit the test directories that pytest put on sys.path.
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in sys.path if p and p.startswith(root) and os.path.isdir(p)]
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([saved] if saved else [])])
+    try:
+        _init_ray(ray)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(ray: Any) -> None:
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()

@@ -26,45 +26,8 @@ BACKENDS = [
     pytest.param({"backend": "process", "workers": 2, "engine": "ray"}, id="ray"),
 ]
 
-#: The tests of this suite that also run on the Ray engine: a module (all its tests) or a module
-#: and test names. Every Ray run starts its actors (one to three seconds on 2 loaded cores), so
-#: the whole suite on Ray would add many minutes to CI. These cover errors, retries and
-#: timeouts (all of test_errors.py), order, backpressure, early exit, progress and the report;
-#: tests/test_ray.py covers faults and what only Ray has.
-RAY_TESTS: dict[str, frozenset[str] | None] = {
-    "test_errors.py": None,
-    "test_running.py": frozenset(
-        {
-            "test_iterate_collect_run_open",
-            "test_slow_consumer_bounds_the_source",
-            "test_exception_in_consumer_stops_workers",
-            "test_concurrent_runs_in_threads",
-            "test_progress_writes_stage_names_to_stderr",
-            "test_report_figures",
-        }
-    ),
-}
-
 #: How long the workers of a closed run may take to go away (the contract says within 1 s).
 THREADS_GONE_S = 1.0
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the Ray cases of the tests outside `RAY_TESTS`."""
-    kept, dropped = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        on_ray = callspec is not None and "ray" in callspec.id.split("-")
-        path = Path(str(item.fspath))
-        if on_ray and path.parent == Path(__file__).parent:
-            names = RAY_TESTS.get(path.name, frozenset())
-            if names is not None and item.originalname not in names:  # type: ignore[attr-defined]
-                dropped.append(item)
-                continue
-        kept.append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
 
 
 @pytest.fixture(params=BACKENDS)

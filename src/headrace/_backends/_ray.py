@@ -10,8 +10,10 @@
     a timed item past its deadline: ray.kill, a StageTimeoutError, a fresh actor
 
 One Ray call per chunk (the runner sizes chunks by time); a worker holds `DEPTH` chunks so it
-never waits for the driver. Arrays in items and results travel through Ray's object store
-(numpy arrays read back zero-copy). Stream stages (transform, ...) keep local processes.
+never waits for the driver. Actors that end a run holding no call wait in `IDLE` for the next
+run's stage (`StageActor.job`); the others are killed when the run closes. Arrays in items
+and results travel through Ray's object store (numpy arrays read back zero-copy). Stream
+stages (transform, ...) keep local processes.
 Ray is imported only here, and only when a run uses the engine: ``import headrace`` never
 imports it.
 """
@@ -98,7 +100,9 @@ class RayEngine:
 
     Ray is connected at the first run that needs it. If Ray is already initialized in this
     program, that connection is used as it is. A Ray that the engine started is shut down by
-    `shutdown` or when the program exits. Needs ``pip install "headrace[ray]"``.
+    `shutdown` or when the program exits. Closing a run kills the actors that still hold a
+    call; idle ones are kept (60 s) for the next run, which then needs no actor start;
+    `shutdown` ends them. Needs ``pip install "headrace[ray]"``.
 
     Examples
     --------
