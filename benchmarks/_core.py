@@ -63,6 +63,8 @@ class Case:
     kind: str = "peer"  # "headrace", "peer" or "reference" (not a peer: serial, ...)
     #: Multiplies the workload's sizes, for a system far too slow for the full job (noted).
     scale: float = 1.0
+    #: "ray" for the rows on a local Ray (headrace's Ray engine, Ray Data): run with the peers.
+    engine: str = "local"
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,20 @@ def no_leaks() -> Iterator[None]:
 # Ray
 
 
+def _uses_ray(item: pytest.Item) -> bool:
+    if "ray_session" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    opts = callspec.params.get("opts") if callspec is not None else None
+    return isinstance(opts, dict) and opts.get("engine") == "ray"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Ray tests run last: the session's Ray (its raylet, GCS and idle workers) stays up
+    until the session ends, and must not slow the timing-sensitive tests of other modules."""
+    items.sort(key=_uses_ray)  # stable: each group keeps its order
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     """One local Ray (2 CPUs, no dashboard) for the session's Ray tests; shut down at its end.

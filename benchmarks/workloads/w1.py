@@ -140,7 +140,10 @@ def dataloader_job(batch: int | None) -> Any:
 
 def _case(key: str, system: str, settings: str, job: Any, *needs: str, **kw: Any) -> Case:
     kind = "headrace" if system == "headrace" else "peer"
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, **kw)
+    engine = "ray" if "ray" in needs else "local"
+    return Case(
+        key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine, **kw
+    )
 
 
 CASES = (
@@ -152,6 +155,7 @@ CASES = (
         timed_job(ray_headrace_job, check),
         needs=("ray",),
         kind="headrace",
+        engine="ray",
     ),
     _case(
         "ray-data",

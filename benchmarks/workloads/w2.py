@@ -226,7 +226,8 @@ def b_pypeln(maxsize: int) -> Any:
 
 def _case(check: Any, key: str, system: str, settings: str, job: Any, *needs: str) -> Case:
     kind = "headrace" if system.startswith("headrace") else "peer"
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind)
+    engine = "ray" if "ray" in needs else "local"
+    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine)
 
 
 def figures(result: Result, params: Params) -> dict[str, float]:

@@ -121,7 +121,8 @@ def _case(key: str, system: str, settings: str, job: Any, *needs: str) -> Case:
         system, "peer"
     )
 
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind)
+    engine = "ray" if "ray" in needs else "local"
+    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine)
 
 
 def finish(rows: list[dict[str, Any]], params: Params) -> None:
