@@ -63,6 +63,8 @@ class Case:
     kind: str = "peer"  # "headrace", "peer" or "reference" (not a peer: serial, ...)
     #: Multiplies the workload's sizes, for a system far too slow for the full job (noted).
     scale: float = 1.0
+    #: "ray" for the rows on a local Ray (headrace's Ray engine, Ray Data): run with the peers.
+    engine: str = "local"
 
 
 @dataclass(frozen=True)
@@ -132,3 +134,28 @@ def per_item_rate(key: str, count: str) -> Callable[[Result, Params], dict[str, 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray (the "headrace on Ray" and Ray Data rows)
+
+#: The settings of every Ray row: a local Ray started by the child, as many CPUs as workers.
+RAY_SETTINGS = "local Ray (num_cpus=2)"
+
+
+def ray_started() -> Any:
+    """The ray module, with a local Ray of 2 CPUs started once per child (the warm-up run
+    pays for it, not the timed one)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def ray_data() -> Any:
+    """``ray.data``, keeping input order as headrace does (its default does not)."""
+    ray = ray_started()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray.data

@@ -305,6 +305,45 @@ def _ratio_to_row(
     return None if a is None or not b else a / b
 
 
+# The Ray engine (issue 14): headrace on a local Ray beside Ray Data, order kept by both.
+TARGETS += [
+    (
+        14,
+        "W1",
+        "on Ray: items/s ≥ 5x Ray Data map",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W1", "headrace-ray", "ray-data", "items_per_s"), 5.0, "{value:.1f}x"
+        ),
+    ),
+    (
+        14,
+        "W1",
+        "on Ray: items/s ≥ 1.0x Ray Data map_batches",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W1", "headrace-ray", "ray-data-batches", "items_per_s"),
+            1.0,
+            "{value:.2f}x",
+        ),
+    ),
+    (
+        14,
+        "W2a",
+        "on Ray: GB/s ≥ 1.0x Ray Data",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W2a", "headrace-ray", "ray-data", "gb_per_s"), 1.0, "{value:.2f}x"
+        ),
+    ),
+    (
+        14,
+        "W3",
+        "on Ray: speedup ≥ 1.0x Ray Data's",
+        lambda d: _at_least(
+            _ratio_to_row(d, "W3", "headrace-ray", "ray-data", "speedup"), 1.0, "{value:.2f}x"
+        ),
+    ),
+]
+
+
 # Chunks end to end (issue 9): small items at near-native speed on every backend.
 TARGETS += [
     (

@@ -11,6 +11,13 @@ it) so that files other programs on this machine create in ``/tmp`` are never ta
 died during the test (another program's segment whose owner died in those same seconds is the one
 case that could be misread), or any other new entry whose name says it comes from this process.
 
+Ray (the tests of the Ray engine): one local Ray per session (the ``ray_session`` fixture, used
+only by those tests). Its own long-lived processes (raylet, GCS, its agents, its pooled worker
+processes) are not the test's: they are left out of the process check. What a run must not
+leave is an actor: any actor alive after a test that was not before it is a leak, except the
+actors the Ray engine keeps idle for a later run (they are reused by the next test's runs,
+which keeps the Ray tests fast; a test that counts actors ends them first).
+
 Hangs: pytest-timeout fails a test after ``timeout`` seconds and faulthandler dumps every
 thread's stack after ``faulthandler_timeout`` (both set in pyproject.toml).
 """
@@ -30,6 +37,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,8 +99,41 @@ def _read_proc(pid: int) -> Proc | None:
     return Proc(pid, int(fields[1]), int(fields[19]), fields[0], cmdline)
 
 
+#: Markers in the command line of Ray's own processes (the raylet, GCS, agents, the worker
+#: processes it pools: "ray::IDLE", "ray::StageActor" while an actor). Left out while Ray is up.
+RAY_PROCESSES = ("ray::", "/ray/", "raylet", "gcs_server")
+#: Names of the threads a Ray session keeps in its driver (started with the session, which a
+#: test may start on first use). Left out while Ray is up.
+RAY_THREADS = ("ray_", "PythonGCThread")
+
+
+def _ray() -> Any:
+    """The ray module when a Ray session is up in this process, else None."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray
+
+
+def _ray_actors() -> set[str]:
+    """The ids of the actors not yet dead in the Ray session of this process."""
+    ray = _ray()
+    if ray is None:
+        return set()
+    from ray._private import state
+
+    idle = set()
+    backend = sys.modules.get("headrace._backends._ray")
+    if backend is not None:
+        idle = {actor._actor_id.hex() for actor, _ in list(backend.IDLE._actors)}
+    return {
+        aid for aid, a in state.actors().items() if a.get("State") != "DEAD" and aid not in idle
+    }
+
+
 def _descendants() -> list[Proc]:
-    """Every live process below this one, except the long-lived helpers themselves."""
+    """Every live process below this one, except the long-lived helpers themselves (and,
+    while Ray is up, Ray's own processes)."""
     if not PROC_DIR.is_dir():
         return []
     procs = [p for e in os.scandir(PROC_DIR) if e.name.isdigit() and (p := _read_proc(int(e.name)))]
@@ -102,8 +143,11 @@ def _descendants() -> list[Proc]:
     me = os.getpid()
     found: list[Proc] = []
     todo = [me]
+    ray_up = _ray() is not None
     while todo:
         for p in children.get(todo.pop(), []):
+            if ray_up and any(m in p.cmdline for m in RAY_PROCESSES):
+                continue
             todo.append(p.pid)
             if not (p.ppid == me and any(h in p.cmdline for h in LONG_LIVED_HELPERS)):
                 found.append(p)
@@ -163,6 +207,7 @@ class Snapshot:
     procs: set[tuple[int, int]]
     shm: set[str]
     temp: set[str]
+    actors: set[str]
 
     @classmethod
     def take(cls) -> Snapshot:
@@ -171,6 +216,7 @@ class Snapshot:
             {p.key for p in _descendants()},
             _shm_entries(),
             _temp_entries(),
+            _ray_actors(),
         )
 
 
@@ -180,17 +226,26 @@ class Leaks:
     procs: list[Proc]
     shm: list[str]
     temp: list[str]
+    actors: list[str]
 
     def __bool__(self) -> bool:
-        return bool(self.threads or self.procs or self.shm or self.temp)
+        return bool(self.threads or self.procs or self.shm or self.temp or self.actors)
 
     @classmethod
     def since(cls, before: Snapshot) -> Leaks:
+        ray_up = _ray() is not None
         return cls(
-            [t for t in threading.enumerate() if t not in before.threads and t.is_alive()],
+            [
+                t
+                for t in threading.enumerate()
+                if t not in before.threads
+                and t.is_alive()
+                and not (ray_up and t.name.startswith(RAY_THREADS))
+            ],
             [p for p in _descendants() if p.key not in before.procs],
             sorted(_ours(_shm_entries() - before.shm)),
             sorted(_temp_entries() - before.temp),
+            sorted(_ray_actors() - before.actors),
         )
 
     def describe(self) -> str:
@@ -214,6 +269,8 @@ class Leaks:
             lines.append(f"  shared memory: {SHM_DIR / name}")
         for name in self.temp:
             lines.append(f"  temp entry: {Path(tempfile.gettempdir()) / name}")
+        for actor in self.actors:
+            lines.append(f"  Ray actor alive: {actor}")
         return "\n".join(lines)
 
 
@@ -251,3 +308,54 @@ def no_leaks() -> Iterator[None]:
         message = leaks.describe()
         _kill(leaks.procs)
         pytest.fail(message, pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    if "ray_session" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    opts = callspec.params.get("opts") if callspec is not None else None
+    return isinstance(opts, dict) and opts.get("engine") == "ray"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Ray tests run last: the session's Ray (its raylet, GCS and idle workers) stays up
+    until the session ends, and must not slow the timing-sensitive tests of other modules."""
+    items.sort(key=_uses_ray)  # stable: each group keeps its order
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray (2 CPUs, no dashboard) for the session's Ray tests; shut down at its end.
+    Skips the test when Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    # Actors import the test modules that define their functions, as worker processes do:
+    # Ray's processes (started now) inherit the test directories that pytest put on sys.path.
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in sys.path if p and p.startswith(root) and os.path.isdir(p)]
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([saved] if saved else [])])
+    try:
+        _init_ray(ray)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(ray: Any) -> None:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core import Case, Metric, Params, Workload, backend, expect, per_item_rate, timed_job
+from .._core import (
+    RAY_SETTINGS,
+    Case,
+    Metric,
+    Params,
+    Workload,
+    backend,
+    expect,
+    per_item_rate,
+    ray_data,
+    ray_started,
+    timed_job,
+)
 
 #: Chunk sizes of the tuned configurations, swept over 250, 1,000, 2,500, 10,000 and 25,000
 #: (DataLoader: 250, 1,000, 5,000) on this suite's 2-core machine: from 1,000 up, Pool and
@@ -32,6 +44,32 @@ def headrace_job(n: int) -> list[int]:
     import headrace as hr
 
     return hr.from_iterable(range(n)).map(inc, workers=2, backend=backend()).collect()
+
+
+def ray_headrace_job(n: int) -> list[int]:
+    import headrace as hr
+
+    ray_started()
+    stream = hr.from_iterable(range(n)).map(inc, workers=2, backend="process")
+    return stream.collect(engine=hr.RayEngine())
+
+
+def _inc_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": inc(row["id"])}
+
+
+def _inc_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    return {"id": batch["id"] + 1}
+
+
+def ray_data_job(batches: bool) -> Any:
+    def job(n: int) -> list[int]:
+        data = ray_data()
+        ds = data.range(n)
+        ds = ds.map_batches(_inc_batch) if batches else ds.map(_inc_row)
+        return [int(row["id"]) for row in ds.iter_rows()]
+
+    return job
 
 
 def pool_job(chunksize: int) -> Any:
@@ -102,11 +140,38 @@ def dataloader_job(batch: int | None) -> Any:
 
 def _case(key: str, system: str, settings: str, job: Any, *needs: str, **kw: Any) -> Case:
     kind = "headrace" if system == "headrace" else "peer"
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, **kw)
+    engine = "ray" if "ray" in needs else "local"
+    return Case(
+        key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine, **kw
+    )
 
 
 CASES = (
     _case("headrace", "headrace", 'map(workers=2, backend="{backend}"), defaults', headrace_job),
+    Case(
+        "headrace-ray",
+        "headrace on Ray",
+        f'map(workers=2, backend="process"), engine=hr.RayEngine(); {RAY_SETTINGS}',
+        timed_job(ray_headrace_job, check),
+        needs=("ray",),
+        kind="headrace",
+        engine="ray",
+    ),
+    _case(
+        "ray-data",
+        "Ray Data",
+        f"range -> map (per row) -> iter_rows, preserve_order=True; {RAY_SETTINGS}",
+        ray_data_job(False),
+        "ray",
+        scale=SLOW,
+    ),
+    _case(
+        "ray-data-batches",
+        "Ray Data",
+        f"range -> map_batches (default size) -> iter_rows, preserve_order=True; {RAY_SETTINGS}",
+        ray_data_job(True),
+        "ray",
+    ),
     _case(
         "pool",
         "multiprocessing.Pool",

@@ -12,7 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from .._core import GB, Case, Metric, MiB, Params, Result, Workload, backend, expect, timed_job
+from .._core import (
+    GB,
+    RAY_SETTINGS,
+    Case,
+    Metric,
+    MiB,
+    Params,
+    Result,
+    Workload,
+    backend,
+    expect,
+    ray_data,
+    ray_started,
+    timed_job,
+)
 
 ARRAY_BYTES = 8 * MiB
 #: float64 elements in one 8 MiB array.
@@ -62,6 +76,24 @@ def a_headrace(n: int) -> float:
 
     stream = hr.from_iterable(range(n)).map(make_array, workers=2, backend=backend())
     return sum(read(a) for a in stream)
+
+
+def a_headrace_ray(n: int) -> float:
+    import headrace as hr
+
+    ray_started()
+    stream = hr.from_iterable(range(n)).map(make_array, workers=2, backend="process")
+    with stream.open(engine=hr.RayEngine()) as run:
+        return sum(read(a) for a in run)
+
+
+def _array_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"a": make_array(int(row["id"]))}
+
+
+def a_ray_data(n: int) -> float:
+    ds = ray_data().range(n).map(_array_row)
+    return sum(read(row["a"]) for row in ds.iter_rows())
 
 
 def a_pool(n: int) -> float:
@@ -193,8 +225,9 @@ def b_pypeln(maxsize: int) -> Any:
 
 
 def _case(check: Any, key: str, system: str, settings: str, job: Any, *needs: str) -> Case:
-    kind = "headrace" if system == "headrace" else "peer"
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind)
+    kind = "headrace" if system.startswith("headrace") else "peer"
+    engine = "ray" if "ray" in needs else "local"
+    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine)
 
 
 def figures(result: Result, params: Params) -> dict[str, float]:
@@ -220,6 +253,20 @@ W2A = Workload(
         _case(check_a, *spec)
         for spec in (
             ("headrace", "headrace", HEADRACE, a_headrace),
+            (
+                "headrace-ray",
+                "headrace on Ray",
+                f'map(workers=2, backend="process"), engine=hr.RayEngine(); {RAY_SETTINGS}',
+                a_headrace_ray,
+                "ray",
+            ),
+            (
+                "ray-data",
+                "Ray Data",
+                f"range -> map (per row) -> iter_rows, preserve_order=True; {RAY_SETTINGS}",
+                a_ray_data,
+                "ray",
+            ),
             ("pool", "multiprocessing.Pool", "imap, chunksize=1 (default); fork", a_pool),
             ("ppe", "ProcessPoolExecutor", "map, defaults; fork", a_ppe),
             (

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core import Case, Metric, Params, Workload, backend, expect, median, timed_job
+from .._core import (
+    RAY_SETTINGS,
+    Case,
+    Metric,
+    Params,
+    Workload,
+    backend,
+    expect,
+    median,
+    ray_data,
+    ray_started,
+    timed_job,
+)
 
 #: Loop iterations of one task: about 30 ms on the suite's 2-core machine (AMD EPYC, Python
 #: 3.11). The serial row reports what a task really took.
@@ -35,6 +47,23 @@ def headrace_job(n: int) -> list[int]:
     import headrace as hr
 
     return hr.from_iterable(range(n)).map(spin, workers=2, backend=backend()).collect()
+
+
+def ray_headrace_job(n: int) -> list[int]:
+    import headrace as hr
+
+    ray_started()
+    stream = hr.from_iterable(range(n)).map(spin, workers=2, backend="process")
+    return stream.collect(engine=hr.RayEngine())
+
+
+def _spin_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": spin(int(row["id"]))}
+
+
+def ray_data_job(n: int) -> list[int]:
+    ds = ray_data().range(n).map(_spin_row)
+    return [int(row["id"]) for row in ds.iter_rows()]
 
 
 def pool_job(n: int) -> list[int]:
@@ -88,9 +117,12 @@ def dataloader_job(n: int) -> list[int]:
 
 
 def _case(key: str, system: str, settings: str, job: Any, *needs: str) -> Case:
-    kind = {"headrace": "headrace", "serial": "reference"}.get(system, "peer")
+    kind = {"headrace": "headrace", "headrace on Ray": "headrace", "serial": "reference"}.get(
+        system, "peer"
+    )
 
-    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind)
+    engine = "ray" if "ray" in needs else "local"
+    return Case(key, system, settings, timed_job(job, check), needs=needs, kind=kind, engine=engine)
 
 
 def finish(rows: list[dict[str, Any]], params: Params) -> None:
@@ -121,6 +153,20 @@ WORKLOAD = Workload(
         ),
         _case(
             "headrace", "headrace", 'map(workers=2, backend="{backend}"), defaults', headrace_job
+        ),
+        _case(
+            "headrace-ray",
+            "headrace on Ray",
+            f'map(workers=2, backend="process"), engine=hr.RayEngine(); {RAY_SETTINGS}',
+            ray_headrace_job,
+            "ray",
+        ),
+        _case(
+            "ray-data",
+            "Ray Data",
+            f"range -> map (per row) -> iter_rows, preserve_order=True; {RAY_SETTINGS}",
+            ray_data_job,
+            "ray",
         ),
         _case("pool", "multiprocessing.Pool", "imap, chunksize=1 (default); fork", pool_job),
         _case("ppe", "ProcessPoolExecutor", "map, defaults; fork", ppe_job),

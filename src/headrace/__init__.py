@@ -29,6 +29,7 @@ from ._types import ErrorRecord, StageSnapshot
 
 if TYPE_CHECKING:
     from ._arrays import ArrayJob
+    from ._backends._ray import RayEngine
     from ._files import FileJob, FileResult, FileStep
     from ._monitor import Report
     from ._run import Run
@@ -52,6 +53,7 @@ _LAZY = {
     "FileJob": "_files",
     "FileResult": "_files",
     "FileStep": "_files",
+    "RayEngine": "_backends._ray",
     "Report": "_monitor",
     "Run": "_run",
     **dict.fromkeys(
@@ -101,6 +103,7 @@ __all__ = [
     "GraphError",
     "HeadraceError",
     "ProcessStreamer",
+    "RayEngine",
     "RemoteError",
     "Report",
     "RoundRobinMux",

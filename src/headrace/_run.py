@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _graph
 from ._backends._process import START_METHODS
+from ._backends._ray import RayEngine
 from ._errors import HeadraceError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Progress, Report
@@ -67,6 +68,7 @@ class Run:
             seed=seed,
             start_method=start_method,
             memory=None if memory is None else parse_bytes(memory),
+            engine=engine,
         )
         self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
         self._ended = [False] * len(self._execution.outlets)
@@ -208,9 +210,9 @@ def parse_bytes(value: int | str) -> int:
 def _check_run_options(seed: Any, engine: Any, memory: Any, start_method: Any = None) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    if engine is not None:
+    if engine is not None and not isinstance(engine, RayEngine):
         raise ValueError(
-            f"engine={engine!r}: only the local engine (engine=None) exists in this version"
+            f"engine must be None (the local engine) or a headrace.RayEngine, got {engine!r}"
         )
     if memory is not None:
         _check_memory(memory, parse_bytes(memory))

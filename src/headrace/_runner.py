@@ -34,6 +34,7 @@ from ._backends._base import (
 )
 from ._backends._inline import InlineBackend
 from ._backends._process import ProcessBackend
+from ._backends._ray import RayEngine
 from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._flow import CHUNK_BYTES, MAX_CHUNK, Reorder, Sizer, SourceReader, Window
@@ -166,7 +167,7 @@ class StageRunner:
         self.fanout = FanOut(node.ports)
         self.workers: Workers | None = None
         self.thread: threading.Thread | None = None  # sources only
-        backend = BACKENDS[node.options.backend]
+        backend = execution.backends[node.options.backend]
         chunks, max_bytes = backend.window(node.options)
         self.window = Window(execution.state, chunks, max_bytes, node.options.workers)
         timed = node.options.timeout is not None
@@ -595,9 +596,12 @@ class Execution:
         seed: int | None = None,
         start_method: str | None = None,
         memory: int | None = None,
+        engine: RayEngine | None = None,
     ) -> None:
         self.plan = plan
         self.start_method = start_method
+        # The engine decides where process stages run (Ray actors, or local processes).
+        self.backends = BACKENDS if engine is None else engine.backends(BACKENDS)
         # The shared-memory budget of each process that sends arrays: the parent and every
         # worker of each process stage (a stage's workers pool theirs: `_shm.StagePool`).
         senders = sum(n.options.workers + 1 for n in plan.nodes if n.options.backend == "process")
@@ -665,7 +669,7 @@ class Execution:
             runner = self.runners[node]
             if node.kind == "source":
                 continue
-            runner.workers = BACKENDS[node.options.backend].start(runner)
+            runner.workers = self.backends[node.options.backend].start(runner)
         for node in self.plan.nodes:
             if node.kind == "source":
                 runner = self.runners[node]

@@ -288,7 +288,8 @@ class Stream:
         """Start a run: iterate it, read ``report()``, close it (or use it in a ``with``).
 
         Run options: ``progress=False`` (live per-stage lines on stderr), ``seed=None`` (base
-        of `rng`), ``engine=None`` (the local engine), ``memory=None`` (a byte budget: the
+        of `rng`), ``engine=None`` (the local engine; `RayEngine` runs process stages as Ray
+        actors), ``memory=None`` (a byte budget: the
         shared memory that process stages use for arrays), ``start_method=None`` (how process
         workers start: ``"forkserver"`` by default on Linux, ``"spawn"``, or ``"fork"``; also
         set by ``$HEADRACE_START_METHOD``).

@@ -22,6 +22,8 @@ BACKENDS = [
     pytest.param({"backend": "thread", "workers": 3}, id="thread"),
     pytest.param({"backend": "process", "workers": 2}, id="forkserver"),
     pytest.param({"backend": "process", "workers": 2, "start_method": "spawn"}, id="spawn"),
+    # Process stages on a local Ray (hr.RayEngine): their workers are Ray actors.
+    pytest.param({"backend": "process", "workers": 2, "engine": "ray"}, id="ray"),
 ]
 
 #: How long the workers of a closed run may take to go away (the contract says within 1 s).
@@ -31,12 +33,32 @@ THREADS_GONE_S = 1.0
 @pytest.fixture(params=BACKENDS)
 def opts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Stage options selecting one backend (a fresh dict: tests may extend it). A process
-    backend's start method is a run option; the fixture sets it through the environment."""
+    backend's start method is a run option; the fixture sets it through the environment. The
+    engine is a run option too: for "ray", every run of the test gets ``engine=RayEngine()``
+    (on the session's local Ray) unless the test gives one."""
     params = dict(request.param)
     method = params.pop("start_method", "forkserver")
-    if params["backend"] == "process":
+    if params.pop("engine", None) == "ray":
+        request.getfixturevalue("ray_session")
+        _use_ray_engine(monkeypatch)
+    elif params["backend"] == "process":
         monkeypatch.setenv("HEADRACE_START_METHOD", method)
     return params
+
+
+def _use_ray_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import headrace as hr
+    from headrace import _run
+
+    engine = hr.RayEngine()
+    init = _run.Run.__init__
+
+    def with_engine(self: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("engine") is None:
+            kwargs["engine"] = engine
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(_run.Run, "__init__", with_engine)
 
 
 class Recorder:

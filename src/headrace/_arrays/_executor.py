@@ -59,6 +59,6 @@ def executor_for(
     if engine is not None:
         raise ValueError(
             f"engine={engine!r}: ArrayJob runs on the local engine only in this version "
-            "(engine=None); Ray support comes with the Ray engine"
+            "(engine=None); hr.RayEngine runs pipelines (Stream runs), not ArrayJob yet"
         )
     return LocalExecutor(backend, workers, start_method)

@@ -17,15 +17,21 @@ Must not import the runner or any feature module.
 
 from __future__ import annotations
 
+import io
+import pickle
 import threading
 import time
+import types
 from abc import ABC, abstractmethod
 from array import array
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from .._errors import StageTimeoutError, format_traceback, shorten
+import cloudpickle
+
+from .._errors import RemoteError, StageTimeoutError, format_traceback, shorten
 from .._stages import StageOptions, identity_body
 from .._transport import Cancelled, StopStage
 
@@ -432,3 +438,105 @@ def item_rng(entropy: tuple[int, int, int]) -> Any:
 
 def cache_rng(entropy: tuple[int, int, int], rng: Any) -> None:
     _item.rng = (entropy, rng)
+
+
+# --- what crosses to a worker elsewhere: the function, and errors with their types ------------
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with its real file name: cloudpickle writes
+    ``<dynamic-code>`` there (for byte-identical payloads), and a worker's traceback would then
+    show neither the file nor the source line of the user's function."""
+    reduced = _CLOUD_CODE_REDUCE(code)
+    args = tuple(code.co_filename if a == _DYNAMIC else a for a in reduced[1])
+    return (reduced[0], args, *reduced[2:])
+
+
+_CLOUD_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+_DYNAMIC = "<dynamic-code>"
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the functions it sends by value."""
+
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _code_reduce} if _CLOUD_CODE_REDUCE else {},
+        cloudpickle.Pickler.dispatch_table,
+    )
+
+
+def dumps_keeping_files(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj, protocol=5)``, except that functions sent by value keep their
+    file name (so tracebacks in workers show the user's file and source line)."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
+def dump_callable(name: str, fn: Any) -> bytes:
+    """The stage function as bytes for the workers; a clear TypeError if it cannot be sent."""
+    try:
+        return dumps_keeping_files(fn)
+    except Exception as exc:
+        raise TypeError(
+            f"stage {name!r}: its function {shorten(repr(fn), 120)} cannot be sent to a worker "
+            f"process: {type(exc).__name__}: {shorten(str(exc), 300)}. Make what it refers to "
+            "picklable (e.g. open files or locks inside the function, or in a class's "
+            "__init__), or use backend='thread'."
+        ) from exc
+
+
+def dump_error(error: BaseException) -> bytes:
+    """The exception as bytes for the parent: the exception itself when it pickles whole; else
+    its class, args and the attributes that pickle, to rebuild it without calling
+    ``__init__`` (a class whose ``__init__`` does not take its ``args`` is common); with its
+    type name and message, for a `RemoteError` when even the class cannot travel."""
+    name = f"{type(error).__module__}.{type(error).__qualname__}"
+    message = shorten(str(error))
+    payload: bytes | None = None
+    try:
+        payload = bytes(cloudpickle.dumps(error, protocol=5))
+        pickle.loads(payload)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
+    except BaseException:
+        state = {k: v for k, v in vars(error).items() if _pickles(v)}
+        try:
+            payload = bytes(cloudpickle.dumps((_REBUILD, type(error), error.args, state), 5))
+        except BaseException:
+            payload = None
+    return pickle.dumps((payload, name, message), protocol=5)
+
+
+_REBUILD = "headrace-rebuild"
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except BaseException:
+        return False
+    return True
+
+
+def load_error(data: bytes) -> BaseException:
+    """The exception `dump_error` sent: with its own type whenever its class can be had here
+    (rebuilt without ``__init__`` if need be); else a `RemoteError` with its type name."""
+    payload, name, message = pickle.loads(data)
+    try:
+        error = pickle.loads(payload) if payload is not None else None
+    except Exception:
+        error = None
+    if isinstance(error, tuple) and len(error) == 4 and error[0] == _REBUILD:
+        error = _rebuild(error[1], error[2], error[3])
+    if isinstance(error, BaseException):
+        return error
+    return RemoteError(name, message)
+
+
+def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException | None:
+    try:
+        error = cls.__new__(cls)
+        error.args = args
+        error.__dict__.update(state)
+    except Exception:
+        return None
+    return error if isinstance(error, BaseException) else None

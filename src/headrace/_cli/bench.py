@@ -94,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
     parser.add_argument(
-        "--no-peers", action="store_true", help="headrace (and the references) only"
+        "--no-peers",
+        action="store_true",
+        help="headrace on the local engine (and the references) only",
     )
     parser.add_argument(
         "--system",

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
-from .._backends._process._protocol import dumps_keeping_files
+from .._backends._base import dumps_keeping_files
 from .._errors import WorkerCrashedError, deliver, format_traceback
 from .._streams import from_iterable
 from ._streamer import Streamer, as_streamer, check_max_items

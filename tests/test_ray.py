@@ -1,0 +1,364 @@
+"""The Ray engine (hr.RayEngine): faults, leaks and what differs from local processes.
+
+The backend suite (tests/backends, its "ray" parameter) checks that pipelines behave the same
+on Ray; this file checks what only Ray has: actors killed from outside, hung items, actors and
+objects left after a run, the import guard. Every test runs on the session's local Ray
+(``ray_session``, 2 CPUs).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import headrace as hr
+
+pytestmark = pytest.mark.slow
+
+N = 40
+
+
+@pytest.fixture
+def engine(ray_session: Any) -> hr.RayEngine:
+    return hr.RayEngine()
+
+
+def alive_actors(ray: Any) -> list[str]:
+    from ray._private import state
+
+    return [aid for aid, a in state.actors().items() if a.get("State") != "DEAD"]
+
+
+def idle_actors() -> int:
+    from headrace._backends import _ray
+
+    return len(_ray.IDLE._actors)
+
+
+def wait_only_idle_actors(ray: Any, timeout: float = 5.0) -> bool:
+    """Whether, within ``timeout``, the only actors alive are those kept idle for a later run
+    (an actor that held a call when its run closed must be dead)."""
+    deadline = time.monotonic() + timeout
+    while len(alive_actors(ray)) != idle_actors():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_no_actors(ray: Any, timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (alive := alive_actors(ray)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+# --- the functions the actors run (module level: actors import this module) -------------------
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def my_pid(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+def crash_on_seven(x: int) -> int:
+    if x == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+class CrashOnceOnSeven:
+    """Kills its actor's process the first time it sees item 7 (a marker file remembers)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, x: int) -> int:
+        if x == 7 and not os.path.exists(self.marker):
+            Path(self.marker).write_text("crashed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+
+class PidFile:
+    """Writes its actor's pid to a file, then takes its time over each item."""
+
+    def __init__(self, folder: str) -> None:
+        Path(folder, f"{os.getpid()}.pid").write_text("")
+
+    def __call__(self, x: int) -> int:
+        time.sleep(0.05)
+        return x
+
+
+def hang_on_three(x: int) -> int:
+    if x == 3:
+        time.sleep(60)
+    return x
+
+
+def slow(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
+def make_array(i: int) -> np.ndarray:
+    return np.full(2**18, i, dtype=np.int64)  # 2 MiB: through the object store
+
+
+class Counter:
+    """A class callable: instantiated once per actor."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: int) -> tuple[int, int]:
+        self.calls += 1
+        return os.getpid(), self.calls
+
+
+def draw(x: int) -> int:
+    return int(hr.rng().integers(1_000_000))
+
+
+# --- import and options ------------------------------------------------------------------------
+
+
+def test_import_headrace_never_imports_ray() -> None:
+    code = "import headrace, sys; assert 'ray' not in sys.modules, 'ray was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_missing_ray_is_one_line_naming_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import headrace as hr\n"
+        "try:\n    hr.RayEngine()\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip().count("\n") == 0
+    assert 'pip install "headrace[ray]"' in out
+
+
+def test_engine_must_be_a_ray_engine() -> None:
+    with pytest.raises(ValueError, match="RayEngine"):
+        hr.from_iterable([1]).collect(engine="ray")
+
+
+# --- semantics ---------------------------------------------------------------------------------
+
+
+def test_process_stages_run_in_actors_and_thread_stages_in_the_driver(
+    engine: hr.RayEngine,
+) -> None:
+    s = (
+        hr.from_iterable(range(N))
+        .map(my_pid, backend="process", workers=2, name="remote")
+        .map(lambda pair: (*pair, os.getpid()), backend="thread", workers=2, name="local")
+    )
+    with s.open(engine=engine) as run:
+        out = list(run)
+        report = run.report()
+    assert [x for x, _, _ in out] == list(range(N))  # input order kept
+    assert {local for _, _, local in out} == {os.getpid()}
+    remote = {pid for _, pid, _ in out}
+    assert os.getpid() not in remote and 1 <= len(remote) <= 2
+    stages = {s.name: s for s in report.stages}
+    assert stages["remote"].completed == N and stages["remote"].backend == "process"
+
+
+def test_class_callable_is_instantiated_once_per_actor(engine: hr.RayEngine) -> None:
+    out = (
+        hr.from_iterable(range(N)).map(Counter, backend="process", workers=2).collect(engine=engine)
+    )
+    by_actor: dict[int, list[int]] = {}
+    for pid, calls in out:
+        by_actor.setdefault(pid, []).append(calls)
+    assert 1 <= len(by_actor) <= 2
+    for calls in by_actor.values():
+        assert sorted(calls) == list(range(1, len(calls) + 1))  # one instance, counting on
+
+
+def test_rng_draws_match_the_local_engine(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(N)).map(draw, backend="process", workers=2)
+    assert s.collect(engine=engine, seed=11) == s.collect(seed=11)
+
+
+def test_arrays_come_back_through_the_object_store(engine: hr.RayEngine) -> None:
+    out = (
+        hr.from_iterable(range(6))
+        .map(make_array, backend="process", workers=2)
+        .collect(engine=engine)
+    )
+    assert [int(a[0]) for a in out] == list(range(6))
+    assert all(a.shape == (2**18,) and int(a[-1]) == i for i, a in enumerate(out))
+    assert not out[0].flags.writeable  # a zero-copy view of the object store
+
+
+def test_stream_stages_run_on_local_processes(engine: hr.RayEngine) -> None:
+    def pairs(items: Any) -> Any:
+        buf = []
+        for x in items:
+            buf.append(x)
+            if len(buf) == 2:
+                yield tuple(buf)
+                buf = []
+
+    s = hr.from_iterable(range(6)).transform(pairs, backend="process").map(sum, backend="process")
+    assert s.collect(engine=engine) == [1, 5, 9]
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+def test_an_actor_killed_by_its_item_is_a_worker_crash(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(N)).map(crash_on_seven, backend="process", workers=2)
+    started = time.monotonic()
+    with pytest.raises(hr.WorkerCrashedError) as info:
+        s.collect(engine=engine)
+    assert info.value.index == 7
+    assert time.monotonic() - started < 30  # never a hang
+
+
+def test_a_crashed_item_is_skipped_and_the_rest_run_again(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(N)).map(
+        crash_on_seven, backend="process", workers=2, on_error="skip"
+    )
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [x for x in range(N) if x != 7]
+    assert [(e.index, e.type) for e in errors] == [(7, "WorkerCrashedError")]
+
+
+def test_a_crashed_item_is_retried_on_a_fresh_actor(engine: hr.RayEngine, tmp_path: Path) -> None:
+    fn = CrashOnceOnSeven(str(tmp_path / "crashed"))
+    out = (
+        hr.from_iterable(range(N))
+        .map(fn, backend="process", workers=2, retries=1)
+        .collect(engine=engine)
+    )
+    assert out == list(range(N))
+    assert (tmp_path / "crashed").exists()
+
+
+def test_an_actor_killed_from_outside_mid_run_is_replaced(
+    engine: hr.RayEngine, tmp_path: Path
+) -> None:
+    folder = str(tmp_path)
+
+    class Slow(PidFile):
+        def __init__(self) -> None:
+            super().__init__(folder)
+
+    s = hr.from_iterable(range(N)).map(Slow, backend="process", workers=2, retries=2)
+    with s.open(engine=engine) as run:
+        out = [next(run)]
+        pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert pids
+        os.kill(pids[0], signal.SIGKILL)
+        out.extend(run)
+    assert out == list(range(N))
+
+
+def test_a_hung_item_times_out_and_its_actor_is_replaced(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(8)).map(
+        hang_on_three, backend="process", workers=2, timeout=1.0, on_error="skip"
+    )
+    started = time.monotonic()
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert time.monotonic() - started < 30
+    assert out == [0, 1, 2, 4, 5, 6, 7]
+    assert [(e.index, e.type) for e in errors] == [(3, "StageTimeoutError")]
+
+
+def test_a_hung_item_raises_a_timeout(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(8)).map(hang_on_three, backend="process", workers=2, timeout=1.0)
+    with pytest.raises(hr.StageTimeoutError):
+        s.collect(engine=engine)
+
+
+# --- nothing left behind -----------------------------------------------------------------------
+
+
+def test_an_early_break_kills_the_actors(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(10_000)).map(slow, backend="process", workers=2)
+    with s.open(engine=engine) as run:
+        for x in run:
+            if x == 3:
+                break
+        assert alive_actors(ray_session)  # the actors were running
+    assert wait_only_idle_actors(ray_session)  # the actors that held calls are dead
+
+
+def test_ctrl_c_in_the_consumer_kills_the_actors(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(10_000)).map(slow, backend="process", workers=2)
+    with pytest.raises(KeyboardInterrupt), s.open(engine=engine) as run:
+        for x in run:
+            if x == 3:
+                raise KeyboardInterrupt
+    assert wait_only_idle_actors(ray_session)  # the actors that held calls are dead
+
+
+def test_a_finished_run_keeps_its_actors_idle_for_the_next_run(
+    engine: hr.RayEngine, ray_session: Any
+) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    assert wait_no_actors(ray_session) == []
+    s = hr.from_iterable(range(N)).map(my_pid, backend="process", workers=2)
+    first = {pid for _, pid in s.collect(engine=engine)}
+    assert len(alive_actors(ray_session)) == 2  # idle, kept for the next run
+    second = {pid for _, pid in s.collect(engine=engine)}
+    assert second <= first  # the same actors ran it: no start-up
+    engine.shutdown()
+    assert wait_no_actors(ray_session) == []
+
+
+def test_the_actors_of_a_failed_run_are_not_kept(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(N)).map(crash_on_seven, backend="process", workers=2)
+    with pytest.raises(hr.WorkerCrashedError):
+        s.collect(engine=engine)
+    assert wait_only_idle_actors(ray_session)  # the actors that held calls are dead
+
+
+def test_a_finished_run_leaves_no_objects(engine: hr.RayEngine, ray_session: Any) -> None:
+    worker = ray_session._private.worker.global_worker
+    before = set(worker.core_worker.get_all_reference_counts())
+    out = (
+        hr.from_iterable(range(6))
+        .map(make_array, backend="process", workers=2)
+        .collect(engine=engine)
+    )
+    assert len(out) == 6
+    del out
+    gc.collect()
+    engine.shutdown()  # ends the idle actors (the session's Ray was not started by the engine)
+    assert wait_no_actors(ray_session) == []
+    assert ray_session.is_initialized()
+    deadline = time.monotonic() + 5
+    while (left := set(worker.core_worker.get_all_reference_counts()) - before) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+        gc.collect()
+    assert not left, f"object references left: {left}"
