@@ -326,7 +326,8 @@ def test_a_finished_run_keeps_its_actors_idle_for_the_next_run(
     assert wait_no_actors(ray_session) == []
     s = hr.from_iterable(range(N)).map(my_pid, backend="process", workers=2)
     first = {pid for _, pid in s.collect(engine=engine)}
-    assert len(alive_actors(ray_session)) == 2  # idle, kept for the next run
+    assert idle_actors() == 2  # idle, kept for the next run...
+    assert wait_only_idle_actors(ray_session)  # ...and alive (Ray's state may lag a little)
     second = {pid for _, pid in s.collect(engine=engine)}
     assert second <= first  # the same actors ran it: no start-up
     engine.shutdown()
