@@ -142,18 +142,27 @@ def _unregister(name: str) -> None:
 
 def create(name: str, size: int) -> mmap.mmap:
     """A new private segment of ``size`` bytes, reserved up front and registered for clean-up;
-    OSError (e.g. ENOSPC) if /dev/shm cannot hold it."""
+    OSError (e.g. ENOSPC) if /dev/shm cannot hold it.
+
+    Registered with the resource tracker before it exists: a process SIGKILLed while making it
+    (a program killed early in a run, its workers with it) leaves nothing the tracker does not
+    know of."""
     path = SHM_DIR / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    _register(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except BaseException:
+        _unregister(name)
+        raise
     try:
         os.posix_fallocate(fd, 0, size)  # reserve now: a full /dev/shm is an error here,
         memory = mmap.mmap(fd, size)  # not a SIGBUS when a page is first touched
     except BaseException:
         os.unlink(path)
+        _unregister(name)
         raise
     finally:
         os.close(fd)
-    _register(name)
     return memory
 
 

@@ -50,9 +50,12 @@ CI_FAULTS = (
     "ctrl_c",
     "parent_sigkill",
     "group_sigkill",
+    "retry_crash",  # issue 15, finding 6: fixed, in the CI run since the long run at dee24a9
+    "sys_exit",  # finding 4
+    "c_call",  # finding 1
 )
-#: Faults whose fixes are in progress (issue 15, findings 1, 4, 6): the long suite only.
-PENDING_FAULTS = ("retry_crash", "sys_exit", "c_call")
+#: Faults whose fixes are in progress: the long suite only (none today).
+PENDING_FAULTS: tuple[str, ...] = ()
 ALL_FAULTS = CI_FAULTS + PENDING_FAULTS
 #: Faults that must happen inside a process worker.
 IN_PROCESS = ("sigkill_worker", "os_exit", "hang", "retry_crash", "sys_exit", "c_call")
