@@ -53,7 +53,9 @@ class StageKwargs(TypedDict, total=False):
 class Stream:
     """A lazy, immutable handle on one output of a graph node.
 
-    Building a stream runs nothing; each method returns a new stream downstream of this one.
+    Building a stream runs none of the user's code (a process stage starts the forkserver its
+    workers will come from, in the background); each method returns a new stream downstream of
+    this one.
     Using a stream twice broadcasts: every branch sees every item.
 
     Stage options (keyword-only, the same on every stage): ``workers`` (default 1),
