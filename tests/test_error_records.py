@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import headrace as hr
+from headrace._backends._base import MAX_CROSSING_TEXT
 from headrace._errors import MAX_RECORD_TEXT, cap_text, format_traceback
 from headrace._types import ErrorRecord
 
@@ -63,8 +64,20 @@ def test_skipped_items_with_huge_messages_leave_a_small_report(backend: str) -> 
 def test_a_raised_huge_error_keeps_its_message_and_a_capped_worker_traceback(backend: str) -> None:
     with pytest.raises(ValueError) as info:
         hr.from_iterable([1]).map(huge, backend=backend).collect()
-    assert str(info.value).endswith("-end-1")  # the user's exception itself is untouched
+    assert str(info.value).startswith("start-1-")  # its type, head and tail are kept
+    assert str(info.value).endswith("-end-1")
     assert len(str(info.value.__cause__)) < MAX_RECORD_TEXT + 200
+
+
+def test_a_huge_message_crosses_from_a_process_cut_to_its_head_and_tail() -> None:
+    """What crosses the pipe is capped (a 100 MB message would take seconds to pickle and
+    send): the error keeps its type, and its message keeps head and tail."""
+    with pytest.raises(ValueError) as info:
+        hr.from_iterable([1]).map(huge, backend="process").collect()
+    message = str(info.value)
+    assert len(message) <= MAX_CROSSING_TEXT + 100
+    assert "characters left out" in message
+    assert message.startswith("start-1-") and message.endswith("-end-1")
 
 
 def bad(x: int) -> int:

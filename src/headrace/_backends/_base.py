@@ -17,6 +17,7 @@ Must not import the runner or any feature module.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import threading
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import cloudpickle
 
-from .._errors import RemoteError, StageTimeoutError, format_traceback, shorten
+from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
 from .._stages import StageOptions, identity_body
 from .._transport import Cancelled, StopStage
 
@@ -486,12 +487,23 @@ def dump_callable(name: str, fn: Any) -> bytes:
         ) from exc
 
 
+#: Characters of one text argument of an exception that cross between processes, at most.
+MAX_CROSSING_TEXT = 64 * 1024
+
+
 def dump_error(error: BaseException) -> bytes:
     """The exception as bytes for the parent: the exception itself when it pickles whole; else
     its class, args and the attributes that pickle, to rebuild it without calling
     ``__init__`` (a class whose ``__init__`` does not take its ``args`` is common); with its
-    type name and message, for a `RemoteError` when even the class cannot travel."""
+    type name and message, for a `RemoteError` when even the class cannot travel. A text
+    argument over `MAX_CROSSING_TEXT` characters crosses cut to its head and tail (a 100 MB
+    message would take seconds to pickle and send, and the records keep less anyway)."""
     name = f"{type(error).__module__}.{type(error).__qualname__}"
+    if any(isinstance(a, str) and len(a) > MAX_CROSSING_TEXT for a in error.args):
+        with contextlib.suppress(Exception):  # an exception whose args are read-only
+            error.args = tuple(
+                cap_text(a, MAX_CROSSING_TEXT) if isinstance(a, str) else a for a in error.args
+            )
     message = shorten(str(error))
     payload: bytes | None = None
     try:

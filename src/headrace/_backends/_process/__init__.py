@@ -12,8 +12,8 @@ sentinel and a wake-up pipe (written on cancel) together, never with sleeps. Whe
 fires the worker is dead: its item is reported as `WorkerCrashedError` (or retried), the items
 queued behind it are sent again, and a fresh process takes its slot. An item that keeps
 crashing fails once its retries are used; a crash loop (`CRASH_LOOP` different items crashing
-within `CRASH_WINDOW_S`) ends the run with one error. With ``timeout=`` a worker holds one item at a time; when the item runs late the worker
-is killed and replaced.
+within `CRASH_WINDOW_S`) ends the run with one error. With ``timeout=`` a worker holds one
+item at a time; when the item runs late the worker is killed and replaced.
 
 Small items travel in batches sized so that a batch takes about `BATCH_S` of work (the user
 never tunes a chunk size); arrays travel through shared memory (`_shm`). Workers ignore
