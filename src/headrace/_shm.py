@@ -237,22 +237,34 @@ class SlotPool:
         with self._lock:
             if self._closed:  # the run is over: what a late thread sends goes in band
                 return None
-            for slot in self._slots:
-                if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
-                    slot.hold(holder)
-                    return slot
+            free = self._free_slot(size, holder)
+            if free is not None:
+                return free
             capacity = _round_up(size)
             if self._bytes + capacity > self.budget:
                 self._drop_free(self._bytes + capacity - self.budget)
             if self._bytes + capacity > self.budget:
                 self.fallbacks += 1
                 return None
-            made = self._create(capacity)
-            if made is None:
-                self.fallbacks += 1
-                return None
-            made.hold(holder)
-            return made
+            return self._make(capacity, holder)
+
+    def _free_slot(self, size: int, holder: int) -> Slot | None:
+        """A free slot that fits ``size`` (at most twice as large), held for ``holder``."""
+        for slot in self._slots:
+            if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
+                slot.hold(holder)
+                return slot
+        return None
+
+    def _make(self, capacity: int, holder: int) -> Slot | None:
+        """A new slot held for ``holder``; None (a buffer that goes in band) if it cannot be
+        reserved."""
+        made = self._create(capacity)
+        if made is None:
+            self.fallbacks += 1
+            return None
+        made.hold(holder)
+        return made
 
     def _create(self, capacity: int) -> Slot | None:
         # A random last part: a name another user could guess would let them squat it.
@@ -351,24 +363,21 @@ class StagePool(SlotPool):
 
     def _take_locked(self, size: int, holder: int) -> Slot | None:
         count, reserved = self._catch_up()
-        for slot in self._slots:
-            if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
-                slot.hold(holder)
-                return slot
+        free = self._free_slot(size, holder)
+        if free is not None:
+            return free
         capacity = _round_up(size)
         if reserved + capacity > self.budget or count >= _DIRECTORY_ENTRIES:
             self.fallbacks += 1
             return None
-        made = self._create(capacity)
+        made = self._make(capacity, holder)
         if made is None:
-            self.fallbacks += 1
             return None
         _ENTRY.pack_into(
             self._directory, _DIR_HEAD.size + count * _ENTRY.size, made.name.encode(), capacity
         )
         _DIR_HEAD.pack_into(self._directory, 0, _DIR_MAGIC, count + 1, reserved + capacity)
         self._known = count + 1
-        made.hold(holder)
         return made
 
     def _catch_up(self) -> tuple[int, int]:

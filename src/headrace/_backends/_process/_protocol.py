@@ -115,11 +115,10 @@ def exit_if_importing_main(method: str) -> None:
 
 
 class Job(NamedTuple):
-    """Run this stage, as worker ``slot`` of it (``incarnation``: how many ran in that slot)."""
+    """Run this stage, as worker ``slot`` of it."""
 
     spec: Spec
     slot: int
-    incarnation: int
 
 
 class CallEntry(NamedTuple):

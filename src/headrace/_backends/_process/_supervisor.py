@@ -136,11 +136,11 @@ class Proc:
         self._exitcode: int | None = None
         self._stopped = False
 
-    def start_job(self, spec: Spec, slot: int, incarnation: int) -> None:
+    def start_job(self, spec: Spec, slot: int) -> None:
         """Give the worker a stage to run (as worker ``slot`` of it)."""
         self.slot = slot
         self.ready = False
-        self.tasks.send_bytes(pickle.dumps(Job(spec, slot, incarnation), protocol=5))
+        self.tasks.send_bytes(pickle.dumps(Job(spec, slot), protocol=5))
 
     def send(self, message: Message) -> None:
         self.tasks.send_bytes(pickle.dumps(message, protocol=5))
@@ -216,7 +216,6 @@ class ProcessWorkers(Workers):
         self._lock = threading.Lock()
         self._procs: dict[int, Proc] = {}
         self._feeders: list[threading.Thread] = []
-        self._incarnations = [0] * work.options.workers
         self._crash_times: deque[tuple[float, int]] = deque()  # when, which item
         self._crashes: dict[int, int] = {}  # item index -> times it crashed (or ran late)
         self._start_deaths = 0  # workers in a row that died before asking for an item
@@ -266,7 +265,6 @@ class ProcessWorkers(Workers):
 
     def _start(self, slot: int) -> Proc:
         """A worker for ``slot``: a warm one left idle by an earlier run, or a new one."""
-        self._incarnations[slot] += 1
         proc = WARM.take(self.method) or Proc(self.ctx, self.method)
         self.pipe_safe = max(PIPE_SAFE, proc.pipe_bytes // 2)
         with self._lock:
@@ -276,7 +274,7 @@ class ProcessWorkers(Workers):
             raise Cancelled
         # One that died while idle shows in its sentinel; the supervisor replaces it.
         with contextlib.suppress(OSError):
-            proc.start_job(self.spec, slot, self._incarnations[slot])
+            proc.start_job(self.spec, slot)
         return proc
 
     def _start_first(self, slot: int) -> Proc:

@@ -96,15 +96,13 @@ def worker_main(tasks: Connection, results: Connection, alive: Connection, death
             message = pickle.loads(tasks.recv_bytes())
             if not isinstance(message, Job):
                 return
-            _run_job(message.spec, message.slot, message.incarnation, tasks, results)
+            _run_job(message.spec, message.slot, tasks, results)
             results.send_bytes(pickle.dumps(Idle(), protocol=5))
     except (EOFError, OSError):
         pass  # the parent closed the pipes: the run is over
 
 
-def _run_job(
-    spec: Spec, slot: int, incarnation: int, tasks: Connection, results: Connection
-) -> None:
+def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> None:
     """One stage's work in this worker, from its setup to the parent's end message."""
     global _token
     _token = spec.token
