@@ -112,7 +112,7 @@ def headrace_job(n: int) -> int:
     stream = (
         hr.from_iterable(records(n))
         .map(decode, workers=2, backend=backend())
-        .map(headrace_augment)
+        .map(headrace_augment, backend="inline")
         .batch(BATCH)
     )
     return sum(consume(batch) for batch in stream)
@@ -204,7 +204,8 @@ WORKLOAD = Workload(
         _case(
             "headrace",
             "headrace",
-            'map(decode, workers=2, backend="{backend}").map(augment).batch(32), defaults',
+            'map(decode, workers=2, backend="{backend}").map(augment, backend="inline")'
+            ".batch(32): augment and batch run in the decode workers",
             headrace_job,
         ),
         _case(

@@ -27,7 +27,10 @@ from ._backends._base import (
     Chunk,
     Done,
     Failure,
+    TailFigures,
+    TailStage,
     Workers,
+    dumps_keeping_files,
     restore_context,
     save_context,
     set_item,
@@ -43,7 +46,7 @@ from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
 from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, chunk_nbytes
 from ._transport import nbytes as item_nbytes
-from ._types import ErrorRecord, StageSnapshot
+from ._types import ErrorRecord, StageSnapshot, weight
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
 CLOSE_TIMEOUT = 5.0
@@ -65,6 +68,24 @@ BACKENDS: dict[str, Backend] = {
 def fused(node: Node) -> bool:
     """An inline call stage runs in the thread that produces its input."""
     return node.kind in CALL_KINDS and node.options.backend == "inline"
+
+
+def aligned(limit: int, base: int, size: int) -> int:
+    """A chunk's item limit that makes it end on a batch boundary (``base``: where its first
+    output lands in the batch stage's input), holding at least one whole batch."""
+    end = base + max(limit, 1)
+    end += -end % size
+    return end - base if end - base >= size or base % size == 0 else end - base + size
+
+
+class InWorkers(Workers):
+    """The workers of a stage that runs in the workers of the stage before it (a tail)."""
+
+    def push(self, chunk: Chunk) -> None:
+        raise AssertionError("a tail stage's chunks run in the workers of the stage before it")
+
+    def join(self, timeout: float) -> bool:
+        return True
 
 
 class Inlet:
@@ -123,10 +144,13 @@ class FanOut:
         self.ports[port].append(target)
         self.counts_bytes = self.counts_bytes or target.counts_bytes
 
-    def put(self, port: int, keys: Sequence[int], values: list[Any], size: int = -1) -> None:
+    def put(
+        self, port: int, keys: Sequence[int], values: list[Any], size: int = -1, count: int = -1
+    ) -> None:
         """Hand a chunk to every consumer of ``port`` and count it in `out` (also when a
         consumer refuses it: the run is cancelled, or the consumer detached and counts it as
-        discarded); StopStage once nobody reads any port."""
+        discarded); StopStage once nobody reads any port. ``count``: the items the chunk
+        stands for, when not one per value (batches made by a `Tail`)."""
         if size < 0:
             size = chunk_nbytes(values) if self.counts_bytes else 0
         targets = self.ports[port]
@@ -136,10 +160,13 @@ class FanOut:
                 delivered = target.put(keys, values, size) or delivered
         finally:
             if targets:
-                with self._lock:
-                    self.out += len(values)
+                self.count(len(values) if count < 0 else count)
         if not delivered and all(t.detached for targets in self.ports for t in targets):
             raise StopStage
+
+    def count(self, n: int) -> None:
+        with self._lock:
+            self.out += n
 
     def close(self) -> None:
         for targets in self.ports:
@@ -192,6 +219,16 @@ class StageRunner:
         self.busy_s = 0.0
         self.started = time.perf_counter()
         self.ended: float | None = None
+        # A process stage whose workers run the cheap stages after it (`_backends._base.Tail`):
+        # those stages' runners only count what the workers report, and the batch stage gets
+        # `Collated` batches (weighed as their items).
+        self.tail_spec: bytes | None = None
+        self.tail_names: list[str] = []
+        self.tail: list[StageRunner] = []
+        self.in_workers_of: StageRunner | None = None
+        self.batch_size = 0  # the size of the batches the workers make (0: none)
+        self._expected = 0  # where the next chunk's first output lands in the batch's input
+        self.collated = False  # a batch stage whose input may hold `Collated` batches
 
     # --- taking input ---------------------------------------------------------------------
 
@@ -207,8 +244,12 @@ class StageRunner:
             if not self.window.acquire(block):
                 return False
             assert self.inbox is not None
+            limit = self.sizer.limit()
+            if self.batch_size:
+                with self.lock:
+                    limit = min(self.max_chunk, aligned(limit, self._expected, self.batch_size))
             try:
-                got = self.inbox.get(self.sizer.limit(), block)
+                got = self.inbox.get(limit, block)
             except BaseException:
                 self.window.release()
                 raise
@@ -223,6 +264,10 @@ class StageRunner:
             size = chunk_nbytes(values) if self.window.max_bytes is not None else 0
             self.window.add_bytes(size)
             chunk = Chunk(self._taken, keys, values, size)
+            if self.batch_size:
+                with self.lock:
+                    chunk.base = self._expected
+                    self._expected += len(values)
             self._taken += 1
             self.items_in += len(values)
             return chunk
@@ -246,7 +291,7 @@ class StageRunner:
                 self.input_ended = True
                 return
             with self.lock:
-                self.items_in += len(got[1])
+                self.items_in += weight(got[1]) if self.collated else len(got[1])
             yield got
 
     def stream_inputs(self) -> Iterator[Any]:
@@ -263,8 +308,9 @@ class StageRunner:
                     yield value
             finally:
                 if used < len(values):  # the function stopped early (e.g. take)
+                    left = values[used:]
                     with self.lock:
-                        self.unused += len(values) - used
+                        self.unused += weight(left) if self.collated else len(left)
 
     def forward(self) -> None:
         """A stage that passes its input on unchanged (prefetch, merge): chunk by chunk."""
@@ -361,6 +407,9 @@ class StageRunner:
                 self.errors += len(failures)
             for failure in failures:
                 self._record(failure)
+            if done.tail is not None:
+                self._deliver_tail(done, len(failures))
+                return
             for port, (keys, values) in enumerate(done.outputs):
                 if values:
                     if self.kind not in KEY_KEEPING:
@@ -371,6 +420,42 @@ class StageRunner:
                 self.window.release(chunk.nbytes)
             with self.lock:
                 self._delivered += 1
+
+    def _deliver_tail(self, done: Done, failed: int) -> None:
+        """Hand on what this stage's workers made with their `Tail`: each tail stage counts
+        what it did, and the last one's consumers get its outputs (and batches)."""
+        assert done.tail is not None
+        keys, values = done.outputs[0]
+        count = weight(values) if self.batch_size else len(values)
+        if self.batch_size:  # items lost on the way shift later batches: the next chunks know
+            with self.lock:
+                self._expected -= done.completed + done.dropped + failed - count
+        handing = self
+        try:
+            for runner, figures in zip(self.tail, done.tail, strict=True):
+                handing.fanout.count(figures.items_in)
+                runner.settle(figures)
+                handing = runner
+            if values:
+                handing.fanout.put(0, keys, values, done.nbytes, count)
+        except StopStage:
+            for runner in self.tail:
+                runner.stopping = True
+            raise
+
+    def settle(self, figures: TailFigures) -> None:
+        """A tail stage's figures for one chunk, as the worker that ran it reports them."""
+        errors = figures.errors
+        with self.lock:
+            self.items_in += figures.items_in
+            self.completed += figures.completed
+            self.dropped += figures.dropped
+            self.errors += len(errors)
+            self.busy_s += figures.busy_s
+        if errors and self.options.on_error != "skip":
+            self._failed(errors[0])
+        for failure in errors:
+            self._record(failure)
 
     def _new_keys(self, n: int) -> range:
         with self.lock:
@@ -619,9 +704,63 @@ class Execution:
             for node in plan.nodes
         }
         self.outlets: list[Channel] = []
+        self._fuse_tails(terminals)
         self._wire(terminals)
         self.started = time.perf_counter()
         self.ended: float | None = None
+
+    def _fuse_tails(self, terminals: Sequence[tuple[Node, int]]) -> None:
+        """Give each process map or filter the cheap stages after it that its workers can run
+        (a `Tail`): inline maps and filters (not timed), then a ``batch`` that stacks or
+        lists. Each must be the only consumer of the stage before it; a function that cannot
+        be pickled stays in this program."""
+        if not self.backends["process"].runs_tail:
+            return
+        ends = {node for node, _ in terminals}
+        consumers = self.plan.consumers
+
+        def next_stage(node: Node) -> Node | None:
+            if node in ends or node.ports != 1 or len(consumers[node][0]) != 1:
+                return None
+            return consumers[node][0][0][0]
+
+        for node in self.plan.nodes:
+            opts = node.options
+            if opts.backend != "process" or node.kind not in ("map", "filter"):
+                continue
+            chain: list[Node] = []
+            last = node
+            while (after := next_stage(last)) is not None and fused(after):
+                if after.kind not in ("map", "filter") or after.options.timeout is not None:
+                    break
+                chain.append(after)
+                last = after
+            batch = next_stage(last)
+            if batch is not None and not (
+                batch.kind == "batch"
+                and batch.args.get("collate", 0) in ("auto", None)
+                and opts.timeout is None
+            ):
+                batch = None
+            if not chain and batch is None:
+                continue
+            runners = [self.runners[n] for n in chain]
+            stages = [
+                TailStage(r.name, r.kind, r.fn, r.options, r.position, self.seed) for r in runners
+            ]
+            size = batch.args["size"] if batch is not None else 0
+            batching = (size, batch.args["collate"]) if batch is not None else None
+            try:
+                spec = dumps_keeping_files((stages, batching))
+            except Exception:  # a function that cannot travel runs here, as before
+                continue
+            runner = self.runners[node]
+            runner.tail_spec, runner.tail, runner.batch_size = spec, runners, size
+            runner.tail_names = [r.name for r in runners]
+            for r in runners:
+                r.in_workers_of = runner
+            if batch is not None:
+                self.runners[batch].collated = True
 
     def _wire(self, terminals: Sequence[tuple[Node, int]]) -> None:
         for node, runner in self.runners.items():
@@ -668,6 +807,9 @@ class Execution:
         for node in reversed(self.plan.nodes):
             runner = self.runners[node]
             if node.kind == "source":
+                continue
+            if runner.in_workers_of is not None:
+                runner.workers = InWorkers()
                 continue
             runner.workers = self.backends[node.options.backend].start(runner)
         for node in self.plan.nodes:

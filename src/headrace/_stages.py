@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._types import BACKENDS, ON_ERROR, loaded_numpy
+from ._types import BACKENDS, ON_ERROR, Collated, loaded_numpy
 
 #: Stages that call the user's function once per item; they can run fused into their producer.
 CALL_KINDS = frozenset({"map", "filter", "flat_map", "sink", "route"})
@@ -222,6 +222,29 @@ def collate_auto(items: list[Any]) -> Any:
     return list(items)
 
 
+def uncollate(batch: Any, n: int) -> list[Any]:
+    """The ``n`` items of a batch `collate_auto` (or ``list``) made, as items that collate to
+    the same batch again (rows of a stacked array are views of it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> items = [{"x": np.arange(2) + i, "y": i} for i in range(3)]
+    >>> again = collate_auto(uncollate(collate_auto(items), 3))
+    >>> again["x"].tolist(), again["y"]
+    ([[0, 1], [1, 2], [2, 3]], [0, 1, 2])
+    """
+    if isinstance(batch, list):
+        return batch
+    if isinstance(batch, dict):
+        columns = {k: uncollate(v, n) for k, v in batch.items()}
+        return [{k: column[i] for k, column in columns.items()} for i in range(n)]
+    if isinstance(batch, tuple):
+        parts = [uncollate(part, n) for part in batch]
+        return [tuple(part[i] for part in parts) for i in range(n)]
+    return list(batch)  # a stacked array: its rows
+
+
 #: The body of a built-in stream stage: an iterator of inputs to an iterator of outputs.
 Body = Callable[[Iterator[Any]], Iterator[Any]]
 
@@ -238,6 +261,17 @@ def batch_body(size: int, drop_last: bool, collate: Any) -> Body:
     def batch(items: Iterator[Any]) -> Iterator[Any]:
         group: list[Any] = []
         for item in items:
+            if type(item) is Collated:  # made in a process worker (see `Tail`)
+                if not group:
+                    yield item.value
+                    continue
+                # Items were lost before it (a filter, a skipped error): the batches shifted.
+                for part in uncollate(item.value, item.n):
+                    group.append(part)
+                    if len(group) == size:
+                        yield gather(group)
+                        group = []
+                continue
             group.append(item)
             if len(group) == size:
                 yield gather(group)

@@ -225,7 +225,9 @@ class Stream:
         size = check_count("size", size)
         if not (collate == "auto" or collate is None or callable(collate)):
             raise TypeError(f"collate must be 'auto', None or a callable, got {collate!r}")
-        return self._builtin("batch", batch_body(size, drop_last, collate), name, maxsize)
+        stream = self._builtin("batch", batch_body(size, drop_last, collate), name, maxsize)
+        stream._node.args.update(size=size, collate=collate)  # a process worker may batch
+        return stream
 
     def rebatch(
         self,

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from ._types import loaded_numpy
+from ._types import Collated, loaded_numpy
 
 
 class _End:
@@ -275,6 +275,8 @@ def nbytes(value: Any) -> int:
         return 0
     if isinstance(value, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
         return len(value)
+    if type(value) is Collated:
+        return value.nbytes
     np = loaded_numpy()
     if np is None:
         return 0

@@ -19,6 +19,27 @@ BACKENDS: tuple[str, ...] = ("inline", "thread", "process")
 ON_ERROR: tuple[str, ...] = ("raise", "skip")
 
 
+class Collated:
+    """A batch made where its items were made: a process worker runs the ``batch`` stage that
+    follows its stage (see `_backends._base.Tail`) on ``n`` consecutive outputs, and only that
+    batch stage ever sees one (see `_stages.batch_body`). ``nbytes``: its array bytes."""
+
+    __slots__ = ("n", "nbytes", "value")
+
+    def __init__(self, value: Any, n: int, nbytes: int) -> None:
+        self.value = value
+        self.n = n
+        self.nbytes = nbytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Collated, (self.value, self.n, self.nbytes))
+
+
+def weight(values: list[Any]) -> int:
+    """Items in a chunk where a `Collated` stands for its ``n``."""
+    return sum(v.n if type(v) is Collated else 1 for v in values)
+
+
 @dataclass(frozen=True)
 class StageSnapshot:
     """Figures of one stage at one moment of a run.

@@ -33,8 +33,9 @@ from typing import Any, ClassVar, Protocol
 import cloudpickle
 
 from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
-from .._stages import StageOptions, identity_body
-from .._transport import Cancelled, StopStage
+from .._stages import StageOptions, collate_auto, identity_body
+from .._transport import Cancelled, StopStage, chunk_nbytes
+from .._types import Collated
 
 
 @dataclass(slots=True)
@@ -60,6 +61,9 @@ class Chunk:
     #: Sent to a worker process item by item (an item or a result of it could not cross
     #: whole), so that only the item at fault fails.
     split: bool = False
+    #: With a `Tail` that batches: the position its first output is expected to have in the
+    #: batch stage's input (-1: none).
+    base: int = -1
 
 
 @dataclass(slots=True)
@@ -74,6 +78,8 @@ class Done:
     errors: list[Failure] = field(default_factory=list)
     busy_s: float = 0.0
     nbytes: int = -1  # bytes of array data in the outputs (-1: not counted yet)
+    #: What the stages of the worker's `Tail` did with the outputs (None: no tail).
+    tail: list[TailFigures] | None = None
 
 
 def failed(chunk: Chunk, failure: Failure, ports: int, busy_s: float = 0.0) -> Done:
@@ -90,6 +96,9 @@ class StageWork(Protocol):
     options: StageOptions
     ports: int
     position: int
+    #: The pickled `Tail` of a process stage (None: none), and the names of its stages.
+    tail_spec: bytes | None
+    tail_names: list[str]
 
     @property
     def seed(self) -> int: ...
@@ -128,6 +137,8 @@ class Backend(ABC):
     """Starts the workers of a stage."""
 
     name: str
+    #: Its workers run a `Tail` (the cheap stages after theirs) when given one.
+    runs_tail: bool = False
     #: Seconds of work a chunk should take on this backend: enough to pay for its hand-off
     #: (a lock and a wake-up on threads; a pipe round trip on processes).
     chunk_s: float = 0.002
@@ -327,6 +338,96 @@ class _Accumulator:
             ([keys[i] for i in ks], vs) for ks, vs in zip(self.keys, self.values, strict=True)
         ]
         return outs, self.dropped
+
+
+# --- a tail: the cheap stages that follow a process stage, run in its workers -----------------
+
+
+@dataclass(frozen=True)
+class TailStage:
+    """An inline ``map`` or ``filter`` that runs in the workers of the stage before it."""
+
+    name: str
+    kind: str
+    fn: Any
+    options: StageOptions
+    position: int
+    seed: int
+    ports: int = 1
+
+
+@dataclass(slots=True)
+class TailFigures:
+    """What one tail stage did with a chunk: as `Done` counts them."""
+
+    items_in: int
+    completed: int
+    dropped: int
+    errors: list[Failure]
+    busy_s: float
+
+
+class Tail:
+    """The inline stages after a process stage, run in its workers on each chunk's outputs
+    (saving a hop through the parent per item), then optionally its ``batch``: the outputs at
+    positions ``base + i`` with ``(base + i) % size == 0`` and ``size`` outputs in this chunk
+    go out as one `Collated` batch; the rest go out as items, for the batch stage to gather.
+
+        Done(outputs) -> stage 1 (Caller) -> ... -> stage k -> [batch] -> Done(outputs), figures
+    """
+
+    def __init__(self, stages: Sequence[TailStage], batch: tuple[int, Any] | None) -> None:
+        self.callers = [Caller(stage, instantiate(stage.fn)) for stage in stages]  # type: ignore[arg-type]
+        self.batch = batch
+
+    def run(self, done: Done) -> list[TailFigures]:
+        """Replace ``done``'s outputs by the tail's; the figures of each tail stage."""
+        keys, values = done.outputs[0]
+        figures = []
+        for caller in self.callers:
+            if not values:
+                figures.append(TailFigures(0, 0, 0, [], 0.0))
+                continue
+            part = caller.run(Chunk(-1, keys, values))
+            figures.append(
+                TailFigures(len(values), part.completed, part.dropped, part.errors, part.busy_s)
+            )
+            keys, values = part.outputs[0]
+        if self.batch is not None and done.chunk.base >= 0 and not done.chunk.split:
+            keys, values = _collated(keys, values, done.chunk.base, *self.batch)
+        done.outputs = [(keys, values)]
+        return figures
+
+
+def _collated(
+    keys: Sequence[int], values: list[Any], base: int, size: int, collate: Any
+) -> tuple[list[int], list[Any]]:
+    """Whole aligned groups of ``size`` outputs as `Collated` batches, the rest as they are."""
+    gather = collate_auto if collate == "auto" else list
+    out_keys: list[int] = []
+    out: list[Any] = []
+    n = len(values)
+    i = 0
+    while i < n:
+        if (base + i) % size == 0 and i + size <= n:
+            group = values[i : i + size]
+            try:
+                batch = gather(group)
+            except Exception:  # the batch stage meets the same error with the items
+                batch = None
+            if batch is not None:
+                out_keys.append(keys[i])
+                out.append(Collated(batch, size, chunk_nbytes([batch])))
+                i += size
+                continue
+            out_keys.extend(keys[i : i + size])
+            out.extend(group)
+            i += size
+            continue
+        out_keys.append(keys[i])
+        out.append(values[i])
+        i += 1
+    return out_keys, out
 
 
 def timeout_error(stage: str, key: int, timeout: float) -> StageTimeoutError:

@@ -49,6 +49,7 @@ __all__ = [
 
 class ProcessBackend(Backend):
     name = "process"
+    runs_tail = True
 
     def start(self, work: StageWork) -> Workers:
         return ProcessWorkers(work)

@@ -130,6 +130,7 @@ class CallEntry(NamedTuple):
     split: bool
     data: Any
     places: list[Any]
+    base: int = -1  # `Chunk.base`: where its outputs start in a batch the worker makes
 
 
 class Calls(NamedTuple):
@@ -165,6 +166,8 @@ class ChunkResult(NamedTuple):
     dropped: int
     errors: list[tuple[Any, ...]]
     busy_s: float
+    #: Per stage of the worker's tail: ``(items_in, completed, dropped, errors, busy_s)``.
+    tail: list[tuple[Any, ...]] | None = None
 
 
 class Again(NamedTuple):
@@ -231,7 +234,9 @@ Message = (
 class Spec:
     """Everything a worker needs, pickled with the start method's pickler."""
 
-    def __init__(self, work: StageWork, token: str, budget: int, progress: str) -> None:
+    def __init__(
+        self, work: StageWork, token: str, budget: int, progress: str, tail: bytes | None = None
+    ) -> None:
         self.name = work.name
         self.kind = work.kind
         self.fn = dump_callable(work.name, work.fn)
@@ -248,6 +253,8 @@ class Spec:
         self.slots_budget = budget * work.options.workers
         self.parent = os.getpid()
         self.log_level = logging.getLogger().getEffectiveLevel()
+        #: The pickled `Tail` arguments: stages the worker runs on its outputs (or None).
+        self.tail = tail
 
 
 class _TransitError(Exception):

@@ -54,6 +54,7 @@ from .._base import (
     Done,
     Failure,
     StageWork,
+    TailFigures,
     Workers,
     timeout_error,
 )
@@ -208,7 +209,8 @@ class ProcessWorkers(Workers):
         self.token = run_token()
         budget = work.shm_budget
         progress = f"hr-{self.token}-progress"
-        self.spec = Spec(work, self.token, budget, progress)  # fails first if fn cannot travel
+        # Fails first if fn cannot travel.
+        self.spec = Spec(work, self.token, budget, progress, work.tail_spec)
         self._progress = _create_progress(progress, work.options.workers)
         make_directory(self.spec.slots)
         self.pool = SlotPool(self.token, budget)
@@ -436,7 +438,7 @@ class ProcessWorkers(Workers):
             except Exception:
                 chunk.split = True
             else:
-                entry = CallEntry(chunk.seq, chunk.keys, False, data, places)
+                entry = CallEntry(chunk.seq, chunk.keys, False, data, places, chunk.base)
                 return pickle.dumps(Calls([entry]), protocol=5)
         parts, keys, values = [], [], []
         for key, value in zip(chunk.keys, chunk.values, strict=True):
@@ -490,11 +492,8 @@ class ProcessWorkers(Workers):
         """The `Done` a worker's entry describes, and the bytes its results took; None when a
         whole-chunk result cannot be unpickled (the chunk then runs again item by item, to
         find the item: its items run twice)."""
-        _, outputs, completed, dropped, errors, busy = entry
-        failures = [
-            Failure(key, _from_worker(_load_error(data), self.work.name, key), tb)
-            for key, data, tb in errors
-        ]
+        _, outputs, completed, dropped, errors, busy, tail = entry
+        failures = self._failures(self.work.name, errors)
         ports: list[tuple[Sequence[int], list[Any]]] = []
         size = 0
         for keys, split, data, places in outputs:
@@ -519,7 +518,21 @@ class ProcessWorkers(Workers):
                         failures.append(Failure(key, error, format_traceback(exc)))
                         completed -= 1
             ports.append((good_keys, good_values))
-        return Done(chunk, ports, completed, dropped, failures, busy), size
+        done = Done(chunk, ports, completed, dropped, failures, busy)
+        if tail is not None:
+            names = self.work.tail_names
+            done.tail = [
+                TailFigures(n, ok, lost, self._failures(names[i], errs), secs)
+                for i, (n, ok, lost, errs, secs) in enumerate(tail)
+            ]
+        return done, size
+
+    @staticmethod
+    def _failures(stage: str, errors: list[tuple[Any, ...]]) -> list[Failure]:
+        return [
+            Failure(key, _from_worker(_load_error(data), stage, key), tb)
+            for key, data, tb in errors
+        ]
 
     def _learn(self, done: Done, size: int) -> None:
         """Large results: the stage holds one chunk (of one item) per worker and one more

@@ -47,6 +47,7 @@ from .._base import (
     Chunk,
     Done,
     Failure,
+    Tail,
     run_calls,
     run_stream,
     set_item,
@@ -112,6 +113,8 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
     try:
         try:
             child.fn = cloudpickle.loads(spec.fn)
+            if spec.tail is not None:
+                child.tail = Tail(*cloudpickle.loads(spec.tail))
         except BaseException as exc:
             child.setup_failed(exc, format_traceback(exc))
             return
@@ -166,6 +169,9 @@ class ChildWork:
         self.name = spec.name
         self.kind = spec.kind
         self.fn: Any = None
+        self.tail: Tail | None = None
+        self.tail_spec: bytes | None = None
+        self.tail_names: list[str] = []
         self.options = spec.options
         self.ports = spec.ports
         self.position = spec.position
@@ -218,9 +224,10 @@ class ChildWork:
                 message = self._recv()
                 if not isinstance(message, Calls):
                     return None
-                for seq, keys, split, data, places in message.entries:
+                for seq, keys, split, data, places, base in message.entries:
                     chunk = self._unpack(seq, keys, split, data, places)
                     if chunk is not None:
+                        chunk.base = base
                         self._queue.append(chunk)
                 continue
             chunk = self._queue.popleft()
@@ -251,6 +258,12 @@ class ChildWork:
 
     def finish(self, done: Done) -> None:
         chunk = done.chunk
+        tail = None
+        if self.tail is not None:
+            tail = [
+                (f.items_in, f.completed, f.dropped, list(map(_failure_entry, f.errors)), f.busy_s)
+                for f in self.tail.run(done)
+            ]
         errors = [_failure_entry(f) for f in chunk.failures + done.errors]
         outputs: list[tuple[Any, ...]] = []
         if not chunk.split:
@@ -282,7 +295,7 @@ class ChildWork:
                 outputs.append((keys, True, parts, []))
             completed -= len(bad)
         self._done.append(
-            ChunkResult(chunk.seq, outputs, completed, done.dropped, errors, done.busy_s)
+            ChunkResult(chunk.seq, outputs, completed, done.dropped, errors, done.busy_s, tail)
         )
         # The outputs are copied out: let go of them (and the input) now, not when the loop
         # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
