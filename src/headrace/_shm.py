@@ -244,6 +244,9 @@ class SlotPool:
         self.token = token
         self.budget = budget
         self._slots: list[Slot] = []
+        #: Slots the sender still needs as they are (a task it may send again): not reused,
+        #: even once their receiver let go of them.
+        self._pins: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self._warned = False
@@ -268,7 +271,11 @@ class SlotPool:
     def _free_slot(self, size: int, holder: int) -> Slot | None:
         """A free slot that fits ``size`` (at most twice as large), held for ``holder``."""
         for slot in self._slots:
-            if slot.state == _FREE and size <= slot.capacity <= 2 * size + THRESHOLD:
+            if (
+                slot.state == _FREE
+                and size <= slot.capacity <= 2 * size + THRESHOLD
+                and slot.name not in self._pins
+            ):
                 slot.hold(holder)
                 return slot
         return None
@@ -301,7 +308,7 @@ class SlotPool:
         for slot in sorted(self._slots, key=lambda s: s.capacity):
             if needed <= 0:
                 return
-            if slot.state == _FREE:
+            if slot.state == _FREE and slot.name not in self._pins:
                 self._slots.remove(slot)
                 self._bytes -= slot.capacity
                 needed -= slot.capacity
@@ -323,6 +330,40 @@ class SlotPool:
                     slot.memory[_STATE_OFFSET] = _FREE
                     freed += 1
         return freed
+
+    def keep(self, data: bytes, places: list[Place]) -> Any:
+        """Pin the slots of an encoding this pool made, and decode it from this process's own
+        maps of them (no copy): the sender can let go of the original objects and still send
+        them again (`hold_again`) until it calls `let_go`."""
+        with self._lock:
+            slots = {slot.name: slot for slot in self._slots}
+            for name, _, _ in places:
+                self._pins[name] = self._pins.get(name, 0) + 1
+        import numpy as np  # loaded already: the encoding holds arrays
+
+        buffers = [
+            np.frombuffer(slots[name].memory, np.uint8, count=length, offset=HEADER + offset)
+            for name, offset, length in places
+        ]
+        return pickle.loads(data, buffers=buffers)
+
+    def hold_again(self, places: list[Place], holder: int) -> None:
+        """Pinned slots, held for a new receiver (the first one died, or never got them)."""
+        names = {name for name, _, _ in places}
+        with self._lock:
+            for slot in self._slots:
+                if slot.name in names:
+                    slot.hold(holder)
+
+    def let_go(self, places: list[Place]) -> None:
+        """Unpin what `keep` pinned: the slots are reused once their receiver is done."""
+        with self._lock:
+            for name, _, _ in places:
+                count = self._pins.get(name, 0) - 1
+                if count > 0:
+                    self._pins[name] = count
+                else:
+                    self._pins.pop(name, None)
 
     @property
     def reserved(self) -> int:

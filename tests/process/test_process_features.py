@@ -543,3 +543,52 @@ def test_building_a_process_stage_starts_the_forkserver_early() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_parent_keeps_a_task_array_only_in_its_slot(tmp_path: Path) -> None:
+    """An array sent to a worker is held by the parent (to send it again if the worker dies)
+    as a view of the shared-memory slot that carries it, not as a second copy: the source's
+    own array is freed while its item runs."""
+    import gc
+    import time
+    import weakref
+
+    started = tmp_path / "started"
+    made: list[weakref.ref[Any]] = []
+
+    def source() -> Any:
+        for i in range(3):
+            a = np.full(2**18, i, np.float64)  # 2 MiB: through a slot
+            made.append(weakref.ref(a))
+            yield a
+
+    def slow_first(a: np.ndarray[Any, Any]) -> float:
+        if a[0] == 0:
+            started.touch()
+            time.sleep(1.5)
+        return float(a.sum())
+
+    with hr.from_iterable(source()).map(slow_first, workers=2, backend="process").open() as run:
+        deadline = time.monotonic() + 20
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gc.collect()
+        alive_while_running = made[0]() is not None
+        out = list(run)
+    assert out == [float(i * 2**18) for i in range(3)]
+    assert not alive_while_running
+
+
+def test_a_dead_workers_arrays_go_again_from_their_slots(tmp_path: Path) -> None:
+    crashed = tmp_path / "crashed"
+
+    def crash_once(a: np.ndarray[Any, Any]) -> float:
+        if a[0] == 3 and not crashed.exists():
+            crashed.touch()
+            os._exit(1)
+        return float(a.sum())
+
+    arrays = (np.full(2**18, i, np.float64) for i in range(8))
+    out = hr.from_iterable(arrays).map(crash_once, retries=1, **PROC).collect()
+    assert crashed.exists()
+    assert out == [float(i * 2**18) for i in range(8)]

@@ -64,6 +64,9 @@ class Chunk:
     #: With a `Tail` that batches: the position its first output is expected to have in the
     #: batch stage's input (-1: none).
     base: int = -1
+    #: A process stage's encoding of ``values`` (data, shared-memory places), kept to send it
+    #: again; data None once ``values`` changed (its slots are still pinned).
+    sent: tuple[bytes | None, list[Any]] | None = None
 
 
 @dataclass(slots=True)

@@ -430,14 +430,23 @@ class ProcessWorkers(Workers):
         pickle per item. Items that cannot be pickled are settled as failures at once, and the
         chunk is sent without them (or finished, if none is left)."""
         if not chunk.values:
+            self._let_go(chunk)
             self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
             return None
         if not chunk.split:
-            try:
-                data, places = encode(chunk.values, self.pool, pid, cloudpickle.dumps)
-            except Exception:
-                chunk.split = True
+            if chunk.sent is not None and chunk.sent[0] is not None:  # sent before: again
+                data, places = chunk.sent[0], chunk.sent[1]
+                self.pool.hold_again(places, pid)
             else:
+                try:
+                    data, places = encode(chunk.values, self.pool, pid, cloudpickle.dumps)
+                except Exception:
+                    chunk.split = True
+                else:
+                    self._let_go(chunk)  # an older encoding, of values that changed since
+                    if places:
+                        self._keep(chunk, data, places)
+            if not chunk.split:
                 entry = CallEntry(chunk.seq, chunk.keys, False, data, places, chunk.base)
                 return pickle.dumps(Calls([entry]), protocol=5)
         parts, keys, values = [], [], []
@@ -451,10 +460,29 @@ class ProcessWorkers(Workers):
             keys.append(key)
             values.append(value)
         chunk.keys, chunk.values = keys, values
+        self._let_go(chunk)  # sent item by item from now on
         if not values:
             self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
             return None
         return pickle.dumps(Calls([CallEntry(chunk.seq, keys, True, parts, [])]), protocol=5)
+
+    def _keep(self, chunk: Chunk, data: bytes, places: list[Any]) -> None:
+        """Keep a chunk's arrays only in the slots that carry them: its values become views of
+        those slots (pinned until the chunk is done), and the originals can be freed. The
+        parent would otherwise hold every array in flight twice, to send it again if its
+        worker dies."""
+        try:
+            values = self.pool.keep(data, places)
+        except Exception:  # keep the originals
+            self.pool.let_go(places)
+            return
+        chunk.sent = (data, places)
+        chunk.values = values
+
+    def _let_go(self, chunk: Chunk) -> None:
+        if chunk.sent is not None:
+            self.pool.let_go(chunk.sent[1])
+            chunk.sent = None
 
     def _handle(
         self,
@@ -486,7 +514,10 @@ class ProcessWorkers(Workers):
                     again.append(chunk)
                     continue
                 self._learn(got[0], got[1])
-                self.work.finish(got[0])
+                try:
+                    self.work.finish(got[0])
+                finally:
+                    self._let_go(chunk)
 
     def _done(self, chunk: Chunk, entry: ChunkResult) -> tuple[Done, int] | None:
         """The `Done` a worker's entry describes, and the bytes its results took; None when a
@@ -638,6 +669,8 @@ class ProcessWorkers(Workers):
         chunk.failures.append(Failure(key, error, ""))
         chunk.keys = [k for i, k in enumerate(chunk.keys) if i != index]
         chunk.values = [v for i, v in enumerate(chunk.values) if i != index]
+        if chunk.sent is not None:  # encoded again when sent; its slots stay pinned till then
+            chunk.sent = (None, chunk.sent[1])
 
     def _log(self, proc: Proc, fields: dict[str, Any]) -> None:
         record = logging.makeLogRecord(fields)
