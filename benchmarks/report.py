@@ -3,6 +3,7 @@
 Regenerate BENCHMARKS.md from a run's JSON (never edit it by hand)::
 
     python -m benchmarks.report benchmarks/results.json --markdown BENCHMARKS.md
+    (add ``--cold benchmarks/results-cold.json`` for the one-shot runs)
 
 Reads only the JSON (and the standard library), so it renders a run made on another machine.
 """
@@ -438,7 +439,28 @@ def _context(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(data: dict[str, Any], source: str = "benchmarks/results.json") -> str:
+def cold_section(cold: dict[str, Any]) -> list[str]:
+    """The tables of a `headrace bench --cold` run: what a one-shot script pays."""
+    lines = [
+        "## One-shot runs (no warm-up)",
+        "",
+        "What a script that runs one job and exits pays: each case times its first job in a "
+        "fresh interpreter, worker start-up included (`--cold`). From one run on "
+        f"{cold['date']}: `{cold['command']}` ({cold['elapsed_s'] / 60:.0f} min), "
+        f"{cold['repeats']} timed runs per case.",
+        *_context(cold),
+        "",
+    ]
+    for entry in cold["workloads"]:
+        lines += [f"### {entry['name']} one-shot: {entry['title']}", "", workload_table(entry), ""]
+    return lines
+
+
+def markdown(
+    data: dict[str, Any],
+    source: str = "benchmarks/results.json",
+    cold: dict[str, Any] | None = None,
+) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
     absent = ", ".join(k for k, v in data["versions"].items() if not v)
     kind = "quick run (`--quick`: smaller jobs, 1 repetition)" if data["quick"] else "full run"
@@ -479,6 +501,8 @@ def markdown(data: dict[str, Any], source: str = "benchmarks/results.json") -> s
         lines += [f"## {entry['name']}: {entry['title']}", "", f"Sizes: {_params(entry)}.", ""]
         lines += [workload_table(entry), ""]
         lines += [*entry["notes"], ""] if entry["notes"] else []
+    if cold is not None:
+        lines += cold_section(cold)
     return "\n".join(lines)
 
 
@@ -491,15 +515,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--markdown", type=Path, help="write BENCHMARKS.md here instead of printing the tables"
     )
+    parser.add_argument(
+        "--cold", type=Path, help="a `headrace bench --cold --json` file to add as one-shot runs"
+    )
     args = parser.parse_args(argv)
     data = load(args.json)
+    cold = load(args.cold) if args.cold is not None else None
     if args.markdown is None:
         print(references_text(data["references"]))
         for entry in data["workloads"]:
             print(workload_text(entry))
         print(goals_text(data))
         return 0
-    args.markdown.write_text(markdown(data, source=str(args.json)), encoding="utf-8")
+    args.markdown.write_text(markdown(data, str(args.json), cold), encoding="utf-8")
     print(f"wrote {args.markdown}", file=sys.stderr)
     return 0
 

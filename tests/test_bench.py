@@ -50,6 +50,21 @@ def test_bench_quick_w1_without_peers(tmp_path: Path) -> None:
     assert "memcpy" in done.stdout, done.stdout
     # Leftover processes, shared memory and temp dirs are caught by the autouse fixture.
 
+    # BENCHMARKS.md from it, with the same run standing in for a one-shot (--cold) one.
+    page = tmp_path / "BENCHMARKS.md"
+    render = [sys.executable, "-m", "benchmarks.report", str(figures)]
+    done = subprocess.run(
+        [*render, "--cold", str(figures), "--markdown", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    text = page.read_text(encoding="utf-8")
+    assert text.count("## W1:") == 1 and "### W1 one-shot:" in text
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 20)
