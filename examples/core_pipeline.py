@@ -2,8 +2,8 @@
 
 It writes a small dataset of .npz files (one sample each) into a temporary folder, then trains
 a linear model on it for a few epochs. Each epoch is one run of the same stream: the files are
-read and augmented on two worker processes (arrays come back through shared memory), batched
-in order, and fed to a training step in this process. PyTorch is not needed: a NumPy step of
+read, augmented and batched on two worker processes (each batch comes back whole, in order),
+and fed to a training step in this process. PyTorch is not needed: a NumPy step of
 least squares stands in for `optimizer.step()`.
 
 Run: python examples/core_pipeline.py
@@ -48,8 +48,8 @@ def train(paths: list[Path], epochs: int = 5, lr: float = 0.1) -> np.ndarray:
     stream = (
         hr.from_iterable(paths)
         .map(load, workers=2, backend="process")  # reading and decoding in parallel
-        .map(augment, backend="inline")  # cheap: runs in the thread that receives the results
-        .batch(32)  # {"x": (32, 8), "y": (32,)}
+        .map(augment, backend="inline")  # cheap: runs in the same worker processes
+        .batch(32)  # {"x": (32, 8), "y": (32,)}, stacked in the workers too
         .prefetch(4)  # the next batches wait while a step runs
     )
     w = np.zeros(FEATURES, dtype=np.float32)
