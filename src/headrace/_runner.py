@@ -71,11 +71,14 @@ def fused(node: Node) -> bool:
 
 
 def aligned(limit: int, base: int, size: int) -> int:
-    """A chunk's item limit that makes it end on a batch boundary (``base``: where its first
-    output lands in the batch stage's input), holding at least one whole batch."""
-    end = base + max(limit, 1)
-    end += -end % size
-    return end - base if end - base >= size or base % size == 0 else end - base + size
+    """A chunk's item limit, about ``limit``, that makes it end on a batch boundary (``base``:
+    where its first output lands in the batch stage's input), with at least one whole batch.
+
+    >>> aligned(4, 0, 32), aligned(4, 30, 32), aligned(100, 32, 32)
+    (32, 34, 128)
+    """
+    first = -base % size  # outputs before the first whole batch
+    return first + size * max(1, -(-(limit - first) // size))
 
 
 class InWorkers(Workers):
