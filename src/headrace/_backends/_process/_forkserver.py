@@ -30,10 +30,9 @@ the package imports it).
 
 from __future__ import annotations
 
+import ast
 import contextlib
-import ctypes
 import importlib
-import json
 import os
 import signal
 import sys
@@ -55,19 +54,25 @@ def die_with_parent() -> None:
     if parent is None or parent != str(os.getppid()):
         return
     with contextlib.suppress(Exception):
+        import ctypes  # here: the program that imports this module to start the server needs none
+
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if str(os.getppid()) != parent:  # the program died before the signal was set
             os._exit(1)
 
 
 def main_spec(modules: Sequence[str] = ()) -> str | None:
-    """What a forkserver started now by this program should import (JSON for `MAIN_ENV`):
-    the program's main module, found the way multiprocessing finds it for a worker (none for
+    """What a forkserver started now by this program should import (for `MAIN_ENV`): the
+    program's main module, found the way multiprocessing finds it for a worker (none for
     an interactive session, ``python -c``, a package's ``__main__``), and those of ``modules``
     (the modules of the first process stage's function) that this program has imported; None
     when there is nothing to import."""
     main = sys.modules.get("__main__")
-    spec: dict[str, Any] = {"parent": os.getpid(), "sys_path": sys.path, "sys_argv": sys.argv}
+    spec: dict[str, Any] = {
+        "parent": os.getpid(),
+        "sys_path": [entry for entry in sys.path if isinstance(entry, str)],
+        "sys_argv": [str(arg) for arg in sys.argv],
+    }
     name = getattr(getattr(main, "__spec__", None), "name", None)
     path = getattr(main, "__file__", None)
     if name is not None:
@@ -84,11 +89,10 @@ def main_spec(modules: Sequence[str] = ()) -> str | None:
     ]
     if "name" not in spec and "path" not in spec and not spec["modules"]:
         return None
-    with contextlib.suppress(TypeError, ValueError):  # e.g. a path that is not a str
-        raw = json.dumps(spec)
-        if len(raw) <= MAX_SPEC:
-            return raw
-    return None
+    # A Python literal, read back with ast.literal_eval: the server has `ast` loaded already
+    # (dataclasses imports it), json it would import first.
+    raw = repr(spec)
+    return raw if len(raw) <= MAX_SPEC else None
 
 
 def import_main() -> None:
@@ -98,7 +102,7 @@ def import_main() -> None:
     if raw is None:
         return
     with contextlib.suppress(Exception):
-        spec = json.loads(raw)
+        spec = ast.literal_eval(raw)
         if spec["parent"] != os.getppid():  # not the server that program started
             return
         _import_program(spec)
