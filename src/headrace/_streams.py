@@ -7,6 +7,7 @@ report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -360,6 +361,7 @@ def _terminals(streams: Iterable[Stream]) -> list[tuple[Node, int]]:
     return [(s._node, s._port) for s in streams]
 
 
+@functools.cache
 def _run_options() -> tuple[str, ...]:
     """The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass
     on. `_run` is imported here, not at the top: the runner and the backends load while a

@@ -59,7 +59,10 @@ def run(tmp_path: Path, script: str, *args: str) -> tuple[subprocess.CompletedPr
     (tmp_path / "helper.py").write_text(HELPER, encoding="utf-8")
     (tmp_path / "userscript.py").write_text(script, encoding="utf-8")
     marks = tmp_path / "marks.txt"
-    env = {k: v for k, v in os.environ.items() if k != "HEADRACE_START_METHOD"}
+    # Block-buffered output (as a script's, into a pipe): what the server does not flush is
+    # lost, or shows again from each worker.
+    drop = ("HEADRACE_START_METHOD", "PYTHONUNBUFFERED")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["MARKS"] = str(marks)
     done = subprocess.run(
         [sys.executable, str(tmp_path / "userscript.py"), *args],
@@ -97,8 +100,8 @@ def test_the_forkserver_imports_the_main_module_and_the_functions_module_once(
     # Workers see the main module as a worker of multiprocessing does.
     assert {(row[1], row[2]) for row in rows} == {("__mp_main__", 41)}
     assert sorted(row[3] for row in rows) == list(range(1, 41))
-    # What the module printed as it was imported is printed once per import, not again by
-    # each worker (the forkserver flushes its output before it forks).
+    # What the module printed as it was imported shows once per import: the forkserver flushes
+    # it before it forks (else it is lost with the server, or repeated by each worker).
     assert done.stdout.count("imported") == 2, done.stdout
 
 
