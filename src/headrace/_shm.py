@@ -39,7 +39,6 @@ import fcntl
 import mmap
 import os
 import pickle
-import secrets
 import struct
 import threading
 import warnings
@@ -74,7 +73,7 @@ _HOLDER_OFFSET = 16
 
 def run_token() -> str:
     """A fresh name part for one run's segments: the owner's pid, then a random part."""
-    return f"{os.getpid()}-{secrets.token_hex(6)}"
+    return f"{os.getpid()}-{os.urandom(6).hex()}"  # what secrets.token_hex does
 
 
 def owner_pid(name: str) -> int | None:
@@ -292,7 +291,7 @@ class SlotPool:
 
     def _create(self, capacity: int) -> Slot | None:
         # A random last part: a name another user could guess would let them squat it.
-        name = f"hr-{self.token}-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"hr-{self.token}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             memory = create(name, HEADER + capacity)
         except OSError as exc:

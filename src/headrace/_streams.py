@@ -7,6 +7,7 @@ report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 if TYPE_CHECKING:
     import numpy as np
 
+    from ._run import Run
+
 from . import _graph
 from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Report, render_dot
-from ._run import Run, _dot
 from ._stages import (
     StageOptions,
     batch_body,
@@ -94,7 +96,7 @@ class Stream:
         if options.backend == "process":
             from ._backends._process import prestart
 
-            prestart()  # the forkserver boots while the rest of the pipeline is built
+            prestart(fn)  # the forkserver boots while the rest of the pipeline is built
         return Node(kind, fn, options, ((self._node, self._port),), ports=ports, label=label)
 
     def _call_stage(self, kind: str, fn: Any, options: StageKwargs) -> Stream:
@@ -347,7 +349,7 @@ class Stream:
         >>> [tuple(t.shape) for t in dataset]  # doctest: +SKIP
         [(2, 2), (2, 2)]
         """
-        check_options("Stream.to_torch", run_options, RUN_OPTIONS, "run option")
+        check_options("Stream.to_torch", run_options, _run_options(), "run option")
         from ._adapters import torch_dataset  # NumPy and torch: on use
 
         return torch_dataset(self, run_options, tensors)
@@ -361,15 +363,23 @@ def _terminals(streams: Iterable[Stream]) -> list[tuple[Node, int]]:
     return [(s._node, s._port) for s in streams]
 
 
-#: The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass on.
-RUN_OPTIONS = tuple(
-    p.name for p in inspect.signature(Run).parameters.values() if p.kind is p.KEYWORD_ONLY
-)
+@functools.cache
+def _run_options() -> tuple[str, ...]:
+    """The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass
+    on. `_run` is imported here, not at the top: the runner and the backends load while a
+    process stage's forkserver, started as the pipeline is built (`Stream._add`), boots."""
+    from ._run import Run
+
+    return tuple(
+        p.name for p in inspect.signature(Run).parameters.values() if p.kind is p.KEYWORD_ONLY
+    )
 
 
 def _open(streams: list[Stream], where: str, run_options: dict[str, Any]) -> Run:
     """A `Run`, naming the public function ``where`` when an option is misspelt."""
-    check_options(where, run_options, RUN_OPTIONS, "run option")
+    from ._run import Run
+
+    check_options(where, run_options, _run_options(), "run option")
     return Run(_terminals(streams), **run_options)
 
 
@@ -492,6 +502,8 @@ def to_dot(*streams: Stream, report: Report | None = None) -> str:
     >>> print(hr.from_iterable([1]).map(abs).to_dot().splitlines()[0])
     digraph headrace {
     """
+    from ._run import _dot
+
     return _dot(_plan(streams), report)
 
 

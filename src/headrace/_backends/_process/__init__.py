@@ -23,16 +23,25 @@ their `logging` records to the parent.
 Modules: `_protocol` (what crosses between the two sides), `_worker` (the worker program),
 `_supervisor` (the parent side), `_warm` (idle workers kept for later runs), `_start` (start
 methods), `_forkserver` (what the forkserver imports first).
+
+This package imports its modules on first use (``__getattr__``): the forkserver imports the
+worker program, and a worker should not pay for the parent side (the supervisor, its threads
+and clean-up), nor the parent for all of it while it only builds a pipeline.
 """
 
 from __future__ import annotations
 
-from ..._stages import StageOptions
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .._base import Backend, StageWork, Workers
 from ._protocol import BATCH_S, DEPTH, START_METHODS, WINDOW_BYTES
-from ._start import default_start_method, prestart
-from ._supervisor import Proc, ProcessWorkers
-from ._warm import WARM, WarmWorkers, release_warm
+
+if TYPE_CHECKING:
+    from ..._stages import StageOptions
+    from ._start import default_start_method, prestart
+    from ._supervisor import Proc, ProcessWorkers
+    from ._warm import WARM, WarmWorkers, release_warm
 
 __all__ = [
     "START_METHODS",
@@ -46,12 +55,34 @@ __all__ = [
     "release_warm",
 ]
 
+#: Name -> the module of this package that defines it, imported when the name is first used.
+_LAZY = {
+    "default_start_method": "_start",
+    "prestart": "_start",
+    "Proc": "_supervisor",
+    "ProcessWorkers": "_supervisor",
+    "WARM": "_warm",
+    "WarmWorkers": "_warm",
+    "release_warm": "_warm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 class ProcessBackend(Backend):
     name = "process"
     runs_tail = True
 
     def start(self, work: StageWork) -> Workers:
+        from ._supervisor import ProcessWorkers
+
         return ProcessWorkers(work)
 
     chunk_s = BATCH_S

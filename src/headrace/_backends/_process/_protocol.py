@@ -84,6 +84,17 @@ NO_GUARD_HINT = 'add `if __name__ == "__main__":` above the code that runs the p
 # --- the main-script guard ---------------------------------------------------------------------
 
 
+#: True while the forkserver imports the program's main module (set by `_forkserver`).
+SERVER_IMPORTING_MAIN = False
+
+
+class MainStartsRun(BaseException):
+    """Raised in the forkserver when the program's main module, as the server imports it,
+    starts process workers (no main guard): the server gives that import up, and each worker
+    then re-runs the script and reports the missing guard. A `BaseException`, so that the
+    script's own ``except Exception`` does not swallow it."""
+
+
 def main_script() -> str:
     """The program's main script, as a worker re-imports it (or a placeholder)."""
     main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
@@ -98,6 +109,8 @@ def exit_if_importing_main(method: str) -> None:
     parent recognises (instead of crashing in multiprocessing and being restarted in a loop)."""
     if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
         return
+    if SERVER_IMPORTING_MAIN:
+        raise MainStartsRun  # the forkserver stops importing the script (see `_forkserver`)
     with contextlib.suppress(Exception):
         sys.stderr.write(
             f"headrace: this worker process (start method {method!r}) re-ran {main_script()} "

@@ -1,0 +1,145 @@
+"""What the forkserver imports for the workers, once: the program's main module (as
+``__mp_main__``, as a worker would), the module of the first process stage's function, and the
+worker program without the parent side. Each case runs a user's script in its own interpreter
+(the forkserver is per program)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TIMEOUT_S = 90
+
+HELPER = textwrap.dedent(
+    """
+    import os
+
+    with open(os.environ["MARKS"], "a") as marks:
+        marks.write(f"helper {os.getpid()}\\n")
+
+    def inc(x):
+        return x + 1
+    """
+)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    import headrace as hr
+    from helper import inc
+
+    with open(os.environ["MARKS"], "a") as marks:
+        marks.write(f"main {os.getpid()} {__name__} {json.dumps(sys.argv)}\\n")
+    print("imported")
+
+    TOP = 41  # a top-level name, as a worker sees it
+
+    def describe(x):
+        main = sys.modules["__main__"]
+        loaded = sorted(m for m in sys.modules if m.startswith("headrace."))
+        return [os.getpid(), main.__name__, main.TOP, inc(x), loaded]
+
+    if __name__ == "__main__":
+        rows = hr.from_iterable(range(40)).map(describe, workers=3, backend="process").collect()
+        print("RESULT " + json.dumps(rows))
+    """
+)
+
+
+def run(tmp_path: Path, script: str, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    (tmp_path / "helper.py").write_text(HELPER, encoding="utf-8")
+    (tmp_path / "userscript.py").write_text(script, encoding="utf-8")
+    marks = tmp_path / "marks.txt"
+    # Block-buffered output (as a script's, into a pipe): what the server does not flush is
+    # lost, or shows again from each worker.
+    drop = ("HEADRACE_START_METHOD", "PYTHONUNBUFFERED")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["MARKS"] = str(marks)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "userscript.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        env=env,
+    )
+    return done, marks.read_text(encoding="utf-8") if marks.exists() else ""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_the_forkserver_imports_the_main_module_and_the_functions_module_once(
+    tmp_path: Path,
+) -> None:
+    done, marks = run(tmp_path, SCRIPT, "an-argument")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.split("RESULT ", 1)[1])
+    workers = {row[0] for row in rows}
+    lines = marks.splitlines()
+    # The program itself and the forkserver import each module; no worker does.
+    mains = [line.split(" ", 3) for line in lines if line.startswith("main ")]
+    helpers = [line.split(" ") for line in lines if line.startswith("helper ")]
+    assert len(mains) == 2 and len(helpers) == 2, marks
+    parent = {int(pid) for _, pid, name, _ in mains if name == "__main__"}
+    server = {int(pid) for _, pid, name, _ in mains if name == "__mp_main__"}
+    assert len(parent) == 1 and len(server) == 1, marks
+    assert not workers & (parent | server)
+    assert {int(pid) for _, pid in helpers} == parent | server
+    # ... with the program's sys.argv, as a worker's import of it has.
+    argv = [json.loads(argv) for _, _, _, argv in mains]
+    assert argv[0] == argv[1] and argv[0][1:] == ["an-argument"], argv
+    # Workers see the main module as a worker of multiprocessing does.
+    assert {(row[1], row[2]) for row in rows} == {("__mp_main__", 41)}
+    assert sorted(row[3] for row in rows) == list(range(1, 41))
+    # What the module printed as it was imported shows once per import: the forkserver flushes
+    # it before it forks (else it is lost with the server, or repeated by each worker).
+    assert done.stdout.count("imported") == 2, done.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_a_worker_does_not_load_the_parent_side(tmp_path: Path) -> None:
+    done, _ = run(tmp_path, SCRIPT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.split("RESULT ", 1)[1])
+    loaded = set(rows[0][4])
+    assert "headrace._backends._process._worker" in loaded
+    parent_side = {
+        "headrace._backends._process._supervisor",
+        "headrace._backends._process._warm",
+        "headrace._backends._process._start",
+        "headrace._runner",
+        "headrace._run",
+        "headrace._tempdirs",
+    }
+    assert not loaded & parent_side, sorted(loaded & parent_side)
+
+
+NOT_IMPORTABLE = textwrap.dedent(
+    """
+    import headrace as hr
+
+    if __name__ != "__main__":
+        raise RuntimeError("this script cannot be imported")
+
+    if __name__ == "__main__":
+        hr.from_iterable(range(5)).map(abs, backend="process").collect()
+    """
+)
+
+
+def test_a_main_module_the_forkserver_cannot_import_fails_the_run_once(tmp_path: Path) -> None:
+    """The forkserver gives the import up; each worker then fails to import the script, and
+    the run fails (no crash loop, no hang), as with spawn."""
+    done, _ = run(tmp_path, NOT_IMPORTABLE)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "worker processes in a row died before they could start" in done.stderr
+    assert "this script cannot be imported" in done.stderr  # the workers' own output
