@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,38 @@ def test_a_stream_actor_that_dies_fails_the_run_even_under_skip(engine: hr.RayEn
     assert time.monotonic() - started < 30  # never a hang
 
 
+def lock_at_five(items: Any) -> Any:
+    for x in items:
+        yield threading.Lock() if x == 5 else x
+
+
+def test_a_stream_output_that_cannot_travel_fails_only_itself(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(20)).transform(lock_at_five, backend="process", on_error="skip")
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [x for x in range(20) if x != 5]  # as on local worker processes
+    assert [e.type for e in errors] == ["TypeError"]
+    raising = hr.from_iterable(range(20)).transform(lock_at_five, backend="process")
+    with pytest.raises(TypeError, match="pickle"):
+        raising.collect(engine=engine)
+
+
+def test_a_stream_input_that_cannot_travel_fails_only_itself(engine: hr.RayEngine) -> None:
+    items = [1, 2, threading.Lock(), 4]
+    s = hr.from_iterable(items).transform(pass_through, backend="process", on_error="skip")
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [1, 2, 4]
+    assert [e.type for e in errors] == ["SerializationError"]
+    assert "item 2 could not be sent" in errors[0].message
+
+
+def pass_through(items: Any) -> Any:
+    yield from items
+
+
 def slow_stream(items: Any) -> Any:
     for x in items:
         time.sleep(0.02)
@@ -288,6 +321,17 @@ def test_an_early_break_kills_a_stream_actor(engine: hr.RayEngine, ray_session: 
                 break
         assert alive_actors(ray_session)  # the actors were running
     assert wait_only_idle_actors(ray_session)  # the actors that held input are dead
+
+
+def test_ctrl_c_kills_a_stream_actor(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(10_000)).transform(slow_stream, backend="process")
+    with pytest.raises(KeyboardInterrupt), s.open(engine=engine) as run:
+        for x in run:
+            if x == 3:
+                raise KeyboardInterrupt
+    assert wait_only_idle_actors(ray_session)  # the actor that held input is dead
+    assert idle_actors() == 0
 
 
 def test_a_finished_stream_run_keeps_its_actor_for_the_next(

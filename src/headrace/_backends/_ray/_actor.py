@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
+
 from ..._errors import format_traceback
 from ..._stages import STREAM_KINDS, StageOptions
 from ..._transport import Cancelled, StopStage
@@ -85,8 +87,6 @@ class StageActor:
         root.handlers[:] = [self.logs]  # the driver's handlers get them (and not Ray's log)
         root.setLevel(spec.log_level)
         try:
-            import cloudpickle
-
             fn = cloudpickle.loads(spec.fn)
             if spec.kind in STREAM_KINDS:  # the function is made in its own thread
                 self.stream = ActorStream(spec, fn)
@@ -225,6 +225,9 @@ class ActorStream:
                 yield value
 
     def emit(self, value: Any) -> None:
+        # An output that cannot travel fails here, in the function's loop, as in a worker
+        # process (its arrays' buffers are not copied: only the rest is pickled).
+        cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
         with self._cond:
             while len(self._outputs) >= MAX_HELD and not self._stopped:
                 self._cond.wait()
@@ -255,6 +258,10 @@ class ActorStream:
 
     def forward(self) -> None:
         raise AssertionError("pass-through stages run in the driver")
+
+
+def _drop(buffer: Any) -> bool:
+    return False  # an out-of-band buffer: not pickled
 
 
 class ActorLogs(logging.Handler):

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
@@ -298,15 +298,25 @@ class RayWorkers(Workers):
         work = self.work
         try:
             for keys, values in work.stream_chunks():
-                try:
-                    answer = self._wait(actor.put.remote(keys, values), None, slot)
-                except (_CallFailed, TypeError, ValueError) as exc:  # an item cannot travel
-                    cause = exc.cause if isinstance(exc, _CallFailed) else exc
-                    error = _transit(work.name, "an item could not be sent to its actor", cause)
-                    work.stream_failed(error, format_traceback(cause))
-                    continue
-                if answer is not None and answer[1]:
-                    return  # the function has returned: it takes no more input
+                parts: deque[tuple[Sequence[int], list[Any]]] = deque([(keys, values)])
+                while parts:
+                    keys, values = parts.popleft()
+                    try:
+                        answer = self._wait(actor.put.remote(keys, values), None, slot)
+                    except (_Died, Cancelled, StopStage):
+                        raise
+                    except Exception as exc:  # an item cannot travel: find it, item by item
+                        if len(values) > 1:
+                            items = zip(keys, values, strict=True)
+                            parts.extendleft(reversed([([k], [v]) for k, v in items]))
+                            continue
+                        cause = exc.cause if isinstance(exc, _CallFailed) else exc
+                        what = f"item {keys[0]} could not be sent to its actor"
+                        error = _transit(work.name, what, cause, keys[0])
+                        work.stream_failed(error, format_traceback(cause))
+                        continue
+                    if answer is not None and answer[1]:
+                        return  # the function has returned: it takes no more input
             self._wait(actor.put.remote(None, None), None, slot)
         except (Cancelled, StopStage, _Died, _CallFailed):
             pass
@@ -493,12 +503,15 @@ class RayWorkers(Workers):
         return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
 
-def _transit(stage: str, what: str, cause: BaseException) -> SerializationError:
+def _transit(
+    stage: str, what: str, cause: BaseException, index: int | None = None
+) -> SerializationError:
     """An item or output of ``stage`` that could not cross to or from its actor."""
     error = SerializationError(
         f"stage {stage!r}: {what}: {type(cause).__name__}: {shorten(str(cause), 300)}; values "
         "that cross to Ray actors must pickle (not locks, open files, sockets or generators)",
         stage=stage,
+        index=index,
     )
     error.__cause__ = cause
     return error
