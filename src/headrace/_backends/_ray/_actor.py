@@ -18,7 +18,7 @@ import cloudpickle
 
 from ..._errors import format_traceback
 from ..._stages import STREAM_KINDS, StageOptions
-from ..._transport import Cancelled, StopStage
+from ..._transport import Cancelled, StopStage, nbytes
 from .._base import Caller, Chunk, dump_error, instantiate, run_stream, set_item
 
 #: Seconds an actor left idle by a finished run is kept for the next run (starting one takes a
@@ -31,8 +31,11 @@ INBOX = 2
 #: keeps the first one waiting for more (as the process backend's workers do).
 MAX_BATCH = 256
 FLUSH_S = 0.005
-#: Outputs a stream stage's actor holds before its function waits for the driver to take them.
+#: Outputs (and bytes of their arrays) a stream stage's actor holds before its function waits
+#: for the driver to take them (at least one output is held), and the bytes that make a batch.
 MAX_HELD = 4 * MAX_BATCH
+MAX_HELD_BYTES = 32 * 2**20
+BATCH_BYTES = 4 * 2**20
 #: Log records an actor keeps for the driver between two answers (the oldest go beyond it).
 MAX_LOGS = 10_000
 
@@ -155,9 +158,10 @@ class ActorStream:
         self.ports = spec.ports
         self.position = spec.position
         self.seed = spec.seed
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._inbox: deque[tuple[Sequence[int], list[Any]] | None] = deque()
         self._outputs: list[Any] = []
+        self._held_bytes = 0
         self._first = 0.0  # when the oldest output waiting to be taken was made
         self._events: list[tuple[str, bytes, str]] = []
         self._finished = False
@@ -186,7 +190,12 @@ class ActorStream:
     def take(self, wait_s: float) -> tuple[list[Any], list[tuple[str, bytes, str]], bool]:
         deadline = time.monotonic() + wait_s
         with self._cond:
-            while not (self._events or self._finished or len(self._outputs) >= MAX_BATCH):
+            while not (
+                self._events
+                or self._finished
+                or len(self._outputs) >= MAX_BATCH
+                or self._held_bytes >= BATCH_BYTES
+            ):
                 now = time.monotonic()
                 if self._outputs and now - self._first >= FLUSH_S:
                     break
@@ -197,6 +206,7 @@ class ActorStream:
                     break
                 self._cond.wait(wait)
             outputs, self._outputs = self._outputs, []
+            self._held_bytes = 0
             events, self._events = self._events, []
             self._cond.notify_all()  # the function may go on emitting
             return outputs, events, self._finished
@@ -226,17 +236,26 @@ class ActorStream:
 
     def emit(self, value: Any) -> None:
         # An output that cannot travel fails here, in the function's loop, as in a worker
-        # process (its arrays' buffers are not copied: only the rest is pickled).
-        cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
+        # process (its arrays' buffers are not copied: only the rest is pickled). Plain values
+        # always travel: checking each would take most of a small item's time.
+        size = 0
+        if type(value) not in _PLAIN:
+            cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
+            size = nbytes(value)
         with self._cond:
-            while len(self._outputs) >= MAX_HELD and not self._stopped:
+            while (
+                self._outputs
+                and not self._stopped
+                and (len(self._outputs) >= MAX_HELD or self._held_bytes + size > MAX_HELD_BYTES)
+            ):
                 self._cond.wait()
             if self._stopped:
                 raise StopStage
             if not self._outputs:
                 self._first = time.monotonic()
             self._outputs.append(value)
-            if len(self._outputs) >= MAX_BATCH:
+            self._held_bytes += size
+            if len(self._outputs) >= MAX_BATCH or self._held_bytes >= BATCH_BYTES:
                 self._cond.notify_all()
 
     def flush(self) -> None:
@@ -258,6 +277,10 @@ class ActorStream:
 
     def forward(self) -> None:
         raise AssertionError("pass-through stages run in the driver")
+
+
+#: Types whose values always pickle.
+_PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
 def _drop(buffer: Any) -> bool:
