@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import headrace as hr
+from headrace._backends import _ray
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,6 @@ def alive_actors(ray: Any) -> list[str]:
 
 
 def idle_actors() -> int:
-    from headrace._backends import _ray
-
     return len(_ray.IDLE)
 
 
@@ -257,6 +256,8 @@ def test_stream_stage_error_is_skipped_and_the_function_restarts(engine: hr.RayE
     assert out == [x for x in range(20) if x != 7]
     assert [e.type for e in errors] == ["KeyError"]
     assert "skip_seven" in errors[0].traceback  # the actor's traceback
+    for st in run.report().stages:
+        assert st.items_in == st.completed + st.dropped + st.errors + st.cancelled
 
 
 def kill_on_seven(items: Any) -> Any:
@@ -433,6 +434,20 @@ def test_an_actor_gets_the_resources_of_its_stage(ray_session: Any) -> None:
     engine.shutdown()  # the idle actors hold resources
 
 
+def test_an_idle_actor_holding_resources_makes_way(ray_session: Any) -> None:
+    """A finished run's actor holds its resources while idle: a stage that needs them (made
+    with other options) ends it instead of waiting for it to exit (60 s)."""
+    first = hr.RayEngine(actor_options={"calls": {"resources": {"headrace_test": 3}}})
+    second = hr.RayEngine(actor_options={"calls": {"resources": {"headrace_test": 2}}})
+    s = hr.from_iterable(range(4)).map(assigned, backend="process", name="calls")
+    started = time.monotonic()
+    assert s.collect(engine=first)[0]["headrace_test"] == 3.0
+    assert idle_actors() == 1  # kept, holding 3 of the cluster's 4
+    assert s.collect(engine=second)[0]["headrace_test"] == 2.0
+    assert time.monotonic() - started < 30
+    second.shutdown()
+
+
 def test_resources_are_checked_when_given_and_when_the_run_starts(ray_session: Any) -> None:
     with pytest.raises(ValueError, match=r"unknown key 'num_gpu'.*num_gpus"):
         hr.RayEngine(actor_options={"embed": {"num_gpu": 1}})
@@ -559,8 +574,10 @@ def test_a_finished_run_keeps_its_actors_idle_for_the_next_run(
     first = {pid for _, pid in s.collect(engine=engine)}
     assert idle_actors() == 2  # idle, kept for the next run...
     assert wait_only_idle_actors(ray_session)  # ...and alive (Ray's state may lag a little)
+    kept = _ray.IDLE.ids()
     second = {pid for _, pid in s.collect(engine=engine)}
-    assert second <= first  # the same actors ran it: no start-up
+    assert _ray.IDLE.ids() == kept  # the same actors ran it (no start-up), and are kept again
+    assert first & second  # (one of them may have run no item in one of the runs)
     engine.shutdown()
     assert wait_no_actors(ray_session) == []
 

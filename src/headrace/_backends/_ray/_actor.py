@@ -52,6 +52,8 @@ class Spec:
     position: int
     seed: int
     log_level: int = logging.WARNING
+    #: The stage's run (`StageActor.end_job` ends only its own job).
+    token: str = ""
 
 
 class StageActor:
@@ -69,6 +71,7 @@ class StageActor:
 
     def __init__(self) -> None:
         self.caller: Caller | None = None
+        self.token = ""
         self.stream: ActorStream | None = None
         self.setup: tuple[bytes, str] | None = None
         self.last = time.monotonic()
@@ -85,9 +88,13 @@ class StageActor:
     def job(self, spec: Spec) -> tuple[Any, ...]:
         self.last = time.monotonic()
         self.busy = True
+        if self.stream is not None:  # an earlier job's (its end_job may come after this)
+            self.stream.stop()
         self.caller, self.stream, self.setup = None, None, None
+        self.token = spec.token
         root = logging.getLogger()
         root.handlers[:] = [self.logs]  # the driver's handlers get them (and not Ray's log)
+        self.logs.take()  # records made while idle belong to no stage
         root.setLevel(spec.log_level)
         try:
             fn = cloudpickle.loads(spec.fn)
@@ -100,8 +107,12 @@ class StageActor:
             return ("setup", *self.setup, self.logs.take())
         return ("ready", os.getpid(), self.logs.take())
 
-    def end_job(self) -> None:
-        """The run is over: drop the stage's function (and what it holds)."""
+    def end_job(self, token: str) -> None:
+        """The run is over: drop the stage's function (and what it holds). A stream actor
+        runs its calls on several threads, out of order: the next run's `job` may come first,
+        and then this one is not for the job it runs."""
+        if token != self.token:
+            return
         if self.stream is not None:
             self.stream.stop()
         self.caller = self.stream = self.setup = None

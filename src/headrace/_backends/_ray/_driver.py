@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -65,6 +66,7 @@ class RayWorkers(Workers):
         self.timed = work.options.timeout is not None
         self.stream = work.kind in STREAM_KINDS
         self._key = actor_key(self.stream, options)
+        self._token = secrets.token_hex(8)
         spec = Spec(
             work.name,
             work.kind,
@@ -74,6 +76,7 @@ class RayWorkers(Workers):
             work.position,
             work.seed,
             logging.getLogger().getEffectiveLevel(),
+            self._token,
         )
         self._spec = ray.put(spec)
         self._lock = threading.Lock()
@@ -120,7 +123,7 @@ class RayWorkers(Workers):
         with self._lock:
             actor = self._actors.pop(slot, None)
         if actor is not None:
-            IDLE.give(self.ray, actor, self._key)
+            IDLE.give(self.ray, actor, self._key, self._token)
 
     def _kill_all(self) -> None:
         with self._lock:

@@ -84,9 +84,10 @@ class IdleActors:
             kill_actor(ray, actor)
         return make_actor(ray, key)
 
-    def give(self, ray: Any, actor: Any, key: tuple[Any, ...]) -> None:
+    def give(self, ray: Any, actor: Any, key: tuple[Any, ...], token: str) -> None:
+        """Keep ``actor`` (made alike ``key``), ending the job of run ``token`` on it."""
         with contextlib.suppress(Exception):
-            actor.end_job.remote()
+            actor.end_job.remote(token)
         with self._lock:
             if len(self._actors) < MAX_IDLE:
                 self._actors.append((actor, time.monotonic(), key))
