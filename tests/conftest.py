@@ -125,7 +125,7 @@ def _ray_actors() -> set[str]:
     idle = set()
     backend = sys.modules.get("headrace._backends._ray")
     if backend is not None:
-        idle = {actor._actor_id.hex() for actor, _ in list(backend.IDLE._actors)}
+        idle = backend.IDLE.ids()
     return {
         aid for aid, a in state.actors().items() if a.get("State") != "DEAD" and aid not in idle
     }
@@ -355,6 +355,8 @@ def ray_session() -> Iterator[Any]:
 def _init_ray(ray: Any) -> None:
     ray.init(
         num_cpus=2,
+        # A custom resource the tests of per-stage resources ask for (RayEngine(actor_options)).
+        resources={"headrace_test": 4},
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,

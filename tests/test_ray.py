@@ -9,10 +9,12 @@ objects left after a run, the import guard. Every test runs on the session's loc
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 import headrace as hr
+from headrace._backends import _ray
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +42,7 @@ def alive_actors(ray: Any) -> list[str]:
 
 
 def idle_actors() -> int:
-    from headrace._backends import _ray
-
-    return len(_ray.IDLE._actors)
+    return len(_ray.IDLE)
 
 
 def wait_only_idle_actors(ray: Any, timeout: float = 5.0) -> bool:
@@ -210,17 +211,262 @@ def test_arrays_come_back_through_the_object_store(engine: hr.RayEngine) -> None
     assert not out[0].flags.writeable  # a zero-copy view of the object store
 
 
-def test_stream_stages_run_on_local_processes(engine: hr.RayEngine) -> None:
+def test_stream_stages_run_in_actors(engine: hr.RayEngine) -> None:
     def pairs(items: Any) -> Any:
         buf = []
         for x in items:
             buf.append(x)
             if len(buf) == 2:
-                yield tuple(buf)
+                yield (*buf, os.getpid())
                 buf = []
 
-    s = hr.from_iterable(range(6)).transform(pairs, backend="process").map(sum, backend="process")
-    assert s.collect(engine=engine) == [1, 5, 9]
+    s = hr.from_iterable(range(6)).transform(pairs, backend="process")
+    out = s.collect(engine=engine)
+    assert [(a, b) for a, b, _ in out] == [(0, 1), (2, 3), (4, 5)]
+    pids = {pid for _, _, pid in out}
+    assert len(pids) == 1 and os.getpid() not in pids
+    assert "ray::" in Path(f"/proc/{pids.pop()}/cmdline").read_text()  # a Ray actor's process
+
+
+def running_draws(items: Any) -> Any:
+    total = 0
+    for x in items:
+        total += int(hr.rng().integers(1000))
+        yield x, total
+
+
+def test_stream_stage_matches_the_local_engine(engine: hr.RayEngine) -> None:
+    """Order (one worker), outputs and `hr.rng()` draws: as on local worker processes."""
+    s = hr.from_iterable(range(500)).transform(running_draws, backend="process")
+    assert s.collect(engine=engine, seed=5) == s.collect(seed=5)
+
+
+def skip_seven(items: Any) -> Any:
+    for x in items:
+        if x == 7:
+            raise KeyError(x)
+        yield x
+
+
+def test_stream_stage_error_is_skipped_and_the_function_restarts(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(20)).transform(skip_seven, backend="process", on_error="skip")
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [x for x in range(20) if x != 7]
+    assert [e.type for e in errors] == ["KeyError"]
+    assert "skip_seven" in errors[0].traceback  # the actor's traceback
+    for st in run.report().stages:
+        assert st.items_in == st.completed + st.dropped + st.errors + st.cancelled
+
+
+def kill_on_seven(items: Any) -> Any:
+    for x in items:
+        if x == 7:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield x
+
+
+def test_a_stream_actor_that_dies_fails_the_run_even_under_skip(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(N)).transform(kill_on_seven, backend="process", on_error="skip")
+    started = time.monotonic()
+    with pytest.raises(hr.WorkerCrashedError, match="Ray actor"):
+        s.collect(engine=engine)
+    assert time.monotonic() - started < 30  # never a hang
+
+
+def lock_at_five(items: Any) -> Any:
+    for x in items:
+        yield threading.Lock() if x == 5 else x
+
+
+def test_a_stream_output_that_cannot_travel_fails_only_itself(engine: hr.RayEngine) -> None:
+    s = hr.from_iterable(range(20)).transform(lock_at_five, backend="process", on_error="skip")
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [x for x in range(20) if x != 5]  # as on local worker processes
+    assert [e.type for e in errors] == ["TypeError"]
+    raising = hr.from_iterable(range(20)).transform(lock_at_five, backend="process")
+    with pytest.raises(TypeError, match="pickle"):
+        raising.collect(engine=engine)
+
+
+def test_a_stream_input_that_cannot_travel_fails_only_itself(engine: hr.RayEngine) -> None:
+    items = [1, 2, threading.Lock(), 4]
+    s = hr.from_iterable(items).transform(pass_through, backend="process", on_error="skip")
+    with s.open(engine=engine) as run:
+        out = list(run)
+        errors = run.report().errors
+    assert out == [1, 2, 4]
+    assert [e.type for e in errors] == ["SerializationError"]
+    assert "item 2 could not be sent" in errors[0].message
+
+
+def pass_through(items: Any) -> Any:
+    yield from items
+
+
+def slow_stream(items: Any) -> Any:
+    for x in items:
+        time.sleep(0.02)
+        yield x
+
+
+def test_an_early_break_kills_a_stream_actor(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(10_000)).transform(slow_stream, backend="process", workers=2)
+    with s.open(engine=engine) as run:
+        for x in run:
+            if x >= 3:
+                break
+        assert alive_actors(ray_session)  # the actors were running
+    assert wait_only_idle_actors(ray_session)  # the actors that held input are dead
+
+
+def test_ctrl_c_kills_a_stream_actor(engine: hr.RayEngine, ray_session: Any) -> None:
+    engine.shutdown()  # no idle actors of earlier tests
+    s = hr.from_iterable(range(10_000)).transform(slow_stream, backend="process")
+    with pytest.raises(KeyboardInterrupt), s.open(engine=engine) as run:
+        for x in run:
+            if x == 3:
+                raise KeyboardInterrupt
+    assert wait_only_idle_actors(ray_session)  # the actor that held input is dead
+    assert idle_actors() == 0
+
+
+def test_a_finished_stream_run_keeps_its_actor_for_the_next(
+    engine: hr.RayEngine, ray_session: Any
+) -> None:
+    engine.shutdown()
+    s = hr.from_iterable(range(N)).transform(pid_stream, backend="process")
+    first = set(s.collect(engine=engine))
+    assert idle_actors() == 1
+    assert set(s.collect(engine=engine)) == first  # the same actor, no start-up
+    # A call stage never takes a stream stage's actor (it runs calls one at a time).
+    assert {
+        pid
+        for _, pid in hr.from_iterable(range(4))
+        .map(my_pid, backend="process")
+        .collect(engine=engine)
+    }.isdisjoint(first)
+    engine.shutdown()
+    assert wait_no_actors(ray_session) == []
+
+
+def pid_stream(items: Any) -> Any:
+    for _ in items:
+        yield os.getpid()
+
+
+# --- logs --------------------------------------------------------------------------------------
+
+
+def log_item(x: int) -> int:
+    logging.getLogger("headrace_test.user").warning("call on item %d", x)
+    return x
+
+
+def log_stream(items: Any) -> Any:
+    for x in items:
+        logging.getLogger("headrace_test.user").warning("stream on item %d", x)
+        yield x
+
+
+def test_actors_log_records_reach_the_driver_handlers(
+    engine: hr.RayEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = (
+        hr.from_iterable(range(4))
+        .map(log_item, backend="process", workers=2, name="calls")
+        .transform(log_stream, backend="process", name="streams")
+    )
+    with caplog.at_level(logging.WARNING, logger="headrace_test"):
+        assert s.collect(engine=engine) == list(range(4))
+    records = [r for r in caplog.records if r.name == "headrace_test.user"]
+    by_stage = {
+        stage: sorted(r.getMessage() for r in records if getattr(r, "headrace_stage", "") == stage)
+        for stage in ("calls", "streams")
+    }
+    assert by_stage == {
+        "calls": [f"call on item {i}" for i in range(4)],
+        "streams": [f"stream on item {i}" for i in range(4)],
+    }
+    for r in records:
+        assert r.processName.startswith(f"{r.headrace_stage}/worker-")
+        assert r.headrace_worker != os.getpid()  # the actor's process
+
+
+# --- per-stage resources ----------------------------------------------------------------------
+
+
+def assigned(x: int) -> dict[str, float]:
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def assigned_stream(items: Any) -> Any:
+    import ray
+
+    for _ in items:
+        yield dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def test_an_actor_gets_the_resources_of_its_stage(ray_session: Any) -> None:
+    engine = hr.RayEngine(
+        actor_options={"calls": {"num_cpus": 0.5, "resources": {"headrace_test": 1}}}
+    )
+    s = (
+        hr.from_iterable(range(4))
+        .map(assigned, backend="process", workers=2, name="calls")
+        .map(lambda got: (got, assigned(0)), backend="process", name="plain")
+    )
+    out = s.collect(engine=engine)
+    assert all(got == {"CPU": 0.5, "headrace_test": 1.0} for got, _ in out), out
+    assert all(plain == {} for _, plain in out)  # Ray's defaults: nothing held
+    streams = hr.from_iterable(range(2)).transform(
+        assigned_stream, backend="process", name="streams"
+    )
+    engine = hr.RayEngine(actor_options={"streams": {"resources": {"headrace_test": 2}}})
+    # Without num_cpus an actor that asks for resources holds 1 CPU (Ray's rule).
+    assert streams.collect(engine=engine) == [{"CPU": 1.0, "headrace_test": 2.0}] * 2
+    engine.shutdown()  # the idle actors hold resources
+
+
+def test_an_idle_actor_holding_resources_makes_way(ray_session: Any) -> None:
+    """A finished run's actor holds its resources while idle: a stage that needs them (made
+    with other options) ends it instead of waiting for it to exit (60 s)."""
+    first = hr.RayEngine(actor_options={"calls": {"resources": {"headrace_test": 3}}})
+    second = hr.RayEngine(actor_options={"calls": {"resources": {"headrace_test": 2}}})
+    s = hr.from_iterable(range(4)).map(assigned, backend="process", name="calls")
+    started = time.monotonic()
+    assert s.collect(engine=first)[0]["headrace_test"] == 3.0
+    assert idle_actors() == 1  # kept, holding 3 of the cluster's 4
+    assert s.collect(engine=second)[0]["headrace_test"] == 2.0
+    assert time.monotonic() - started < 30
+    second.shutdown()
+
+
+def test_resources_are_checked_when_given_and_when_the_run_starts(ray_session: Any) -> None:
+    with pytest.raises(ValueError, match=r"unknown key 'num_gpu'.*num_gpus"):
+        hr.RayEngine(actor_options={"embed": {"num_gpu": 1}})
+    with pytest.raises(TypeError, match="number >= 0"):
+        hr.RayEngine(actor_options={"embed": {"num_gpus": -1}})
+    s = hr.from_iterable(range(4)).map(double, backend="process", name="embed")
+    misspelt = hr.RayEngine(actor_options={"embd": {"num_gpus": 1}})
+    with pytest.raises(ValueError, match=r"'embd'.*process stages are 'embed'"):
+        s.collect(engine=misspelt)
+    started = time.monotonic()
+    too_much = hr.RayEngine(actor_options={"embed": {"resources": {"headrace_test": 5}}})
+    with pytest.raises(ValueError, match=r"stage 'embed'.*can hold 0"):
+        s.collect(engine=too_much)  # at once: Ray would leave the actor pending for ever
+    two = hr.RayEngine(actor_options={"embed": {"resources": {"headrace_test": 3}}})
+    with pytest.raises(ValueError, match="can hold 1"):
+        hr.from_iterable(range(4)).map(double, backend="process", workers=2, name="embed").collect(
+            engine=two
+        )
+    assert time.monotonic() - started < 10
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -328,8 +574,10 @@ def test_a_finished_run_keeps_its_actors_idle_for_the_next_run(
     first = {pid for _, pid in s.collect(engine=engine)}
     assert idle_actors() == 2  # idle, kept for the next run...
     assert wait_only_idle_actors(ray_session)  # ...and alive (Ray's state may lag a little)
+    kept = _ray.IDLE.ids()
     second = {pid for _, pid in s.collect(engine=engine)}
-    assert second <= first  # the same actors ran it: no start-up
+    assert _ray.IDLE.ids() == kept  # the same actors ran it (no start-up), and are kept again
+    assert first & second  # (one of them may have run no item in one of the runs)
     engine.shutdown()
     assert wait_no_actors(ray_session) == []
 

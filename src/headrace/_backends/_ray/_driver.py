@@ -1,55 +1,34 @@
-"""The Ray engine: a process stage's workers are Ray actors (``engine=RayEngine(...)``).
-
-    driver thread (slot i)                             actor (slot i, a Ray worker process)
-    ----------------------                             ------------------------------------
-    next_chunk() -> chunk --- actor.run.remote() -->   Caller.run(chunk): the shared worker
-    ray.wait(head, deadline)                             body (retries, rng, per-item errors)
-    finish(Done) <----------- object store ---------   outputs per port, typed failures
-    RayActorError: the actor died; its chunks go again on a fresh actor, the one it ran item
-    by item (so that the item at fault is known: it is retried or fails as WorkerCrashedError)
-    a timed item past its deadline: ray.kill, a StageTimeoutError, a fresh actor
-
-One Ray call per chunk (the runner sizes chunks by time); a worker holds `DEPTH` chunks so it
-never waits for the driver. Actors that end a run holding no call wait in `IDLE` for the next
-run's stage (`StageActor.job`); the others are killed when the run closes. Arrays in items
-and results travel through Ray's object store (numpy arrays read back zero-copy). Stream
-stages (transform, ...) keep local processes.
-Ray is imported only here, and only when a run uses the engine: ``import headrace`` never
-imports it.
-"""
+"""The driver's side of a Ray stage (`RayWorkers`): one thread per actor, which sends it
+chunks (a call stage) or takes its outputs (a stream stage, whose input a feeder thread puts),
+settles what a dead or late actor held, and hands the actor back or kills it at the end."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import importlib.util
-import os
-import sys
+import logging
+import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .._errors import WorkerCrashedError, format_traceback
-from .._stages import STREAM_KINDS, StageOptions
-from .._transport import Cancelled, StopStage
-from ._base import (
-    Backend,
-    Caller,
+from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
+from ..._stages import STREAM_KINDS
+from ..._transport import Cancelled, StopStage
+from .._base import (
     Chunk,
     Done,
     Failure,
     StageWork,
     Workers,
     dump_callable,
-    dump_error,
     failed,
-    instantiate,
     load_error,
     timeout_error,
 )
+from ._actor import Spec
+from ._idle import IDLE, actor_key, kill_actor, make_actor
 
 #: Chunks an actor may hold: one running, one queued behind it (it never waits for the driver).
 DEPTH = 2
@@ -62,258 +41,8 @@ POLL_S = 0.05
 #: A crash loop: this many different items killing actors within CRASH_WINDOW_S seconds.
 CRASH_LOOP = 5
 CRASH_WINDOW_S = 10.0
-#: Seconds an actor left idle by a finished run is kept for the next run (starting one takes a
-#: second or more); it then exits. One idle longer than IDLE_S - IDLE_MARGIN_S is not reused.
-IDLE_S = 60.0
-IDLE_MARGIN_S = 5.0
-#: Idle actors kept at most (more are ended when given back).
-MAX_IDLE = 4 * (os.cpu_count() or 1)
-INSTALL_HINT = 'the Ray engine needs Ray: pip install "headrace[ray]"'
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or an ImportError of one line naming the extra to install."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(f"headrace: {INSTALL_HINT}") from None
-    return ray
-
-
-class RayEngine:
-    """Runs a pipeline's process stages on Ray: each worker is a Ray actor.
-
-    Pass it as ``engine=`` to `Stream.collect`, `Stream.run`, `Stream.open` or `run`. Nothing
-    about the pipeline changes: a process stage's workers become actors (a class callable is
-    instantiated once per actor), thread and inline stages run in this program as before, and
-    order, backpressure, ``on_error`` / ``retries`` / ``timeout``, error records, the report
-    and ``seed`` / `rng` draws are those of the local engine.
-
-    Parameters
-    ----------
-    address : str or None
-        The cluster to connect to: ``"auto"`` (a cluster started on this machine with
-        ``ray start``), ``"ray://host:10001"`` (Ray Client), or None: the cluster named by
-        ``RAY_ADDRESS``, else a local Ray started for this program.
-    **ray_init_kwargs
-        Passed to ``ray.init`` (e.g. ``num_cpus=8``, ``runtime_env={...}``).
-
-    Ray is connected at the first run that needs it. If Ray is already initialized in this
-    program, that connection is used as it is. A Ray that the engine started is shut down by
-    `shutdown` or when the program exits. Closing a run kills the actors that still hold a
-    call; idle ones are kept (60 s) for the next run, which then needs no actor start;
-    `shutdown` ends them. Needs ``pip install "headrace[ray]"``.
-
-    Examples
-    --------
-    >>> import headrace as hr
-    >>> engine = hr.RayEngine(num_cpus=2, include_dashboard=False)
-    >>> engine
-    RayEngine(address=None, num_cpus=2, include_dashboard=False)
-    """
-
-    def __init__(self, address: str | None = None, **ray_init_kwargs: Any) -> None:
-        if address is not None and not isinstance(address, str):
-            raise TypeError(f"address must be a string or None, got {address!r}")
-        try:
-            found = importlib.util.find_spec("ray") is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise ImportError(f"headrace: {INSTALL_HINT}")
-        self.address = address
-        self.ray_init_kwargs = dict(ray_init_kwargs)
-        self._started = False
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in self.ray_init_kwargs.items())
-        return f"RayEngine(address={self.address!r}{extra})"
-
-    def connect(self) -> Any:
-        """Connect to Ray (or start a local one) unless this program already is; the module."""
-        ray = import_ray()
-        with self._lock:
-            if not ray.is_initialized():
-                ray.init(address=self.address, **self.ray_init_kwargs)
-                self._started = True
-                atexit.register(self.shutdown)
-        return ray
-
-    def shutdown(self) -> None:
-        """End the actors kept idle for later runs, and shut down the Ray that this engine
-        started (not one it connected to)."""
-        release_idle()
-        with self._lock:
-            if not self._started:
-                return
-            self._started = False
-        ray = import_ray()
-        if ray.is_initialized():
-            ray.shutdown()
-
-    def backends(self, local: Mapping[str, Backend]) -> dict[str, Backend]:
-        """The backends of a run on this engine: process stages on Ray actors."""
-        backends = dict(local)
-        backends["process"] = RayBackend(self, local["process"])
-        return backends
-
-
-class RayBackend(Backend):
-    name = "process"
-    chunk_s = CHUNK_S
-
-    def __init__(self, engine: RayEngine, local: Backend) -> None:
-        self.engine = engine
-        self.local = local  # stream stages keep local processes
-
-    def start(self, work: StageWork) -> Workers:
-        if work.kind in STREAM_KINDS:
-            return self.local.start(work)
-        return RayWorkers(work, self.engine.connect())
-
-    def window(self, options: StageOptions) -> tuple[int, int | None]:
-        if options.timeout is not None:
-            return 2 * options.workers, WINDOW_BYTES
-        return (DEPTH + 1) * options.workers, WINDOW_BYTES
-
-
-# --- the actor side ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What an actor needs to run a stage (the `StageWork` fields the `Caller` reads)."""
-
-    name: str
-    kind: str
-    fn: bytes
-    options: StageOptions
-    ports: int
-    position: int
-    seed: int
-
-
-class StageActor:
-    """The body of one actor: it runs one stage at a time (`job`), then waits idle for the next
-    run's, and exits after `IDLE_S` seconds without one.
-
-    `job` makes the stage's function (a class is instantiated once per actor) and returns
-    ("ready", pid) or ("setup", error, traceback). `run` returns ("done", outputs per port,
-    completed, dropped, failures, busy seconds) with each failure as (index, exception bytes,
-    traceback text)."""
-
-    def __init__(self) -> None:
-        self.caller: Caller | None = None
-        self.setup: tuple[bytes, str] | None = None
-        self.last = time.monotonic()
-        self.busy = False
-        threading.Thread(target=self._exit_when_idle, daemon=True).start()
-
-    def _exit_when_idle(self) -> None:
-        while True:
-            time.sleep(1.0)
-            if not self.busy and time.monotonic() - self.last > IDLE_S:
-                os._exit(0)
-
-    def job(self, spec: Spec) -> tuple[Any, ...]:
-        self.last = time.monotonic()
-        self.busy = True
-        self.caller, self.setup = None, None
-        try:
-            import cloudpickle
-
-            fn = instantiate(cloudpickle.loads(spec.fn))
-            self.caller = Caller(spec, fn)  # type: ignore[arg-type]
-        except BaseException as exc:
-            self.setup = (dump_error(exc), format_traceback(exc))
-            return ("setup", *self.setup)
-        return ("ready", os.getpid())
-
-    def end_job(self) -> None:
-        """The run is over: drop the stage's function (and what it holds)."""
-        self.caller = self.setup = None
-        self.busy = False
-        self.last = time.monotonic()
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def run(self, seq: int, keys: Sequence[int], values: list[Any]) -> tuple[Any, ...]:
-        self.last = time.monotonic()
-        if self.caller is None:
-            assert self.setup is not None
-            return ("setup", *self.setup)
-        done = self.caller.run(Chunk(seq, keys, values))
-        errors = [(f.key, dump_error(f.error), f.traceback) for f in done.errors]
-        outputs = [(list(k), v) for k, v in done.outputs]
-        self.last = time.monotonic()
-        return ("done", outputs, done.completed, done.dropped, errors, done.busy_s)
-
-
-_actor_class: Any = None
-
-
-def _remote_actor(ray: Any) -> Any:
-    global _actor_class
-    if _actor_class is None:
-        _actor_class = ray.remote(max_restarts=0, max_task_retries=0)(StageActor)
-    return _actor_class
-
-
-class IdleActors:
-    """Actors that finished a run cleanly, kept for the next run (a Ray actor takes a second or
-    more to start). Only an actor whose run ended normally comes back: one that crashed, ran
-    late, or was stopped mid-call (an error, an early exit, Ctrl-C) is killed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._actors: list[tuple[Any, float]] = []
-
-    def take(self, ray: Any) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            while self._actors:
-                actor, since = self._actors.pop()
-                if now - since < IDLE_S - IDLE_MARGIN_S:
-                    return actor
-                _kill_actor(ray, actor)
-        return _remote_actor(ray).remote()
-
-    def give(self, ray: Any, actor: Any) -> None:
-        with contextlib.suppress(Exception):
-            actor.end_job.remote()
-        with self._lock:
-            if len(self._actors) < MAX_IDLE:
-                self._actors.append((actor, time.monotonic()))
-                return
-        _kill_actor(ray, actor)
-
-    def release(self) -> None:
-        """Kill every idle actor (`RayEngine.shutdown`, and the tests between two tests)."""
-        with self._lock:
-            actors, self._actors = self._actors, []
-        ray = sys.modules.get("ray")
-        if ray is not None and actors and ray.is_initialized():
-            for actor, _ in actors:
-                _kill_actor(ray, actor)
-
-
-def _kill_actor(ray: Any, actor: Any) -> None:
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
-
-
-#: The idle actors of this program (one Ray connection per program).
-IDLE = IdleActors()
-
-
-def release_idle() -> None:
-    """End the actors kept idle for later runs."""
-    IDLE.release()
-
-
-# --- the driver side --------------------------------------------------------------------------
+#: Seconds a `take` waits for outputs before it answers with none.
+TAKE_S = 1.0
 
 
 class _Died(Exception):
@@ -331,10 +60,13 @@ class _CallFailed(Exception):
 class RayWorkers(Workers):
     """The actors of one stage and the driver threads that feed them, one per actor."""
 
-    def __init__(self, work: StageWork, ray: Any) -> None:
+    def __init__(self, work: StageWork, ray: Any, options: Mapping[str, Any]) -> None:
         self.work = work
         self.ray = ray
         self.timed = work.options.timeout is not None
+        self.stream = work.kind in STREAM_KINDS
+        self._key = actor_key(self.stream, options)
+        self._token = secrets.token_hex(8)
         spec = Spec(
             work.name,
             work.kind,
@@ -343,10 +75,14 @@ class RayWorkers(Workers):
             work.ports,
             work.position,
             work.seed,
+            logging.getLogger().getEffectiveLevel(),
+            self._token,
         )
         self._spec = ray.put(spec)
         self._lock = threading.Lock()
         self._actors: dict[int, Any] = {}
+        self._pids: dict[int, int] = {}  # slot -> its actor's process id (for log records)
+        self._feeders: dict[int, threading.Thread] = {}  # a stream stage's, one per actor
         self._ready: dict[int, Any] = {}  # slot -> the answer to its actor's `job` call
         self._clean: set[int] = set()  # slots whose actor holds no call
         self._crash_times: deque[tuple[float, int]] = deque()
@@ -372,7 +108,7 @@ class RayWorkers(Workers):
     def _new_actor(self, slot: int, fresh: bool = False) -> None:
         """Give ``slot`` an actor (an idle one of an earlier run, unless ``fresh``) and start
         the stage's job on it; `_await_ready` waits for it."""
-        actor = _remote_actor(self.ray).remote() if fresh else IDLE.take(self.ray)
+        actor = make_actor(self.ray, self._key) if fresh else IDLE.take(self.ray, self._key)
         with self._lock:
             self._actors[slot] = actor
             self._ready[slot] = actor.job.remote(self._spec)
@@ -381,13 +117,13 @@ class RayWorkers(Workers):
         with self._lock:
             actor = self._actors.pop(slot, None)
         if actor is not None:
-            _kill_actor(self.ray, actor)
+            kill_actor(self.ray, actor)
 
     def _give_back(self, slot: int) -> None:
         with self._lock:
             actor = self._actors.pop(slot, None)
         if actor is not None:
-            IDLE.give(self.ray, actor)
+            IDLE.give(self.ray, actor, self._key, self._token)
 
     def _kill_all(self) -> None:
         with self._lock:
@@ -406,7 +142,10 @@ class RayWorkers(Workers):
 
     def _drive(self, slot: int) -> None:
         try:
-            self._calls(slot)
+            if self.stream:
+                self._stream(slot)
+            else:
+                self._calls(slot)
         except (Cancelled, StopStage):
             pass
         except BaseException as exc:  # e.g. a replacement actor that cannot be made
@@ -414,11 +153,14 @@ class RayWorkers(Workers):
                 with contextlib.suppress(Cancelled):
                     self.work.setup_failed(exc, format_traceback(exc), None)
         finally:
-            if slot in self._clean:  # its actor holds no call: it is kept for a later run
+            if self.stream:
+                self._end_stream(slot)
+            elif slot in self._clean:  # its actor holds no call: it is kept for a later run
                 self._give_back(slot)
             else:
                 self._kill(slot)
-            self.work.worker_exited()
+            if not self.stream:
+                self.work.worker_exited()
 
     def _calls(self, slot: int) -> None:
         work = self.work
@@ -431,6 +173,8 @@ class RayWorkers(Workers):
         self._clean.discard(slot)
         while True:
             if self.stopped():
+                if not sent:  # its actor holds no call (e.g. it was ready as the run ended)
+                    self._clean.add(slot)
                 return
             depth = 1 if self.timed else DEPTH
             while len(sent) < depth:
@@ -472,7 +216,7 @@ class RayWorkers(Workers):
             chunk, ref = sent[0]
             deadline = self._deadline()
             try:
-                result = self._wait(ref, deadline)
+                result = self._wait(ref, deadline, slot)
             except (_Died, _CallFailed) as exc:
                 # The actor ran the first chunk it holds when it died: that one goes again item
                 # by item (to find the item at fault), the others whole.
@@ -499,6 +243,103 @@ class RayWorkers(Workers):
             sent.popleft()
             work.finish(self._done(chunk, result))
 
+    # --- a stream stage: a feeder thread puts, the driver thread takes -------------------
+
+    def _stream(self, slot: int) -> None:
+        """Run a stream stage's function on the slot's actor: its own sub-stream goes in by
+        `StageActor.put` (a feeder thread), its outputs come back by `StageActor.take`. The
+        actor's death fails the run, also under on_error='skip' (its function's state is
+        gone), as a worker process's does."""
+        work = self.work
+        self._clean.add(slot)  # an actor still starting holds no call: it may be kept
+        self._await_ready(slot)
+        self._clean.discard(slot)
+        actor = self._actors[slot]
+        feeder = threading.Thread(
+            target=self._feed,
+            args=(slot, actor),
+            name=f"headrace-{work.name}-ray-{slot}-feed",
+            daemon=True,
+        )
+        with self._lock:
+            self._feeders[slot] = feeder
+        feeder.start()
+        while True:
+            try:
+                answer = self._wait(actor.take.remote(TAKE_S), None, slot)
+            except _Died as exc:
+                if self.stopped():
+                    raise Cancelled from None
+                what = (
+                    f"stage {work.name!r}: its Ray actor (process {self._pids.get(slot)}) died "
+                    f"while running the stage's function ({shorten(str(exc), 300)})"
+                )
+                crash = WorkerCrashedError(what, stage=work.name, worker="ray actor")
+                work.setup_failed(crash, "", None)
+                raise Cancelled from None
+            except _CallFailed as exc:  # its outputs could not come back
+                error = _transit(work.name, "an output could not be sent back", exc.cause)
+                work.stream_failed(error, format_traceback(exc.cause))
+                continue
+            assert answer is not None
+            _, outputs, events, finished = answer
+            for value in outputs:
+                work.emit(value)
+            work.flush()
+            for what, data, tb in events:
+                if what == "setup":
+                    work.setup_failed(load_error(data), tb, None)
+                    raise Cancelled
+                work.stream_failed(load_error(data), tb)
+            if finished:
+                self._clean.add(slot)
+                return
+
+    def _feed(self, slot: int, actor: Any) -> None:
+        """The slot's share of the stage's input, chunk by chunk, to its actor (one `put` at a
+        time: the actor holds `INBOX` chunks, so that its function never waits for the next)."""
+        work = self.work
+        try:
+            for keys, values in work.stream_chunks():
+                parts: deque[tuple[Sequence[int], list[Any]]] = deque([(keys, values)])
+                while parts:
+                    keys, values = parts.popleft()
+                    try:
+                        answer = self._wait(actor.put.remote(keys, values), None, slot)
+                    except (_Died, Cancelled, StopStage):
+                        raise
+                    except Exception as exc:  # an item cannot travel: find it, item by item
+                        if len(values) > 1:
+                            items = zip(keys, values, strict=True)
+                            parts.extendleft(reversed([([k], [v]) for k, v in items]))
+                            continue
+                        cause = exc.cause if isinstance(exc, _CallFailed) else exc
+                        what = f"item {keys[0]} could not be sent to its actor"
+                        error = _transit(work.name, what, cause, keys[0])
+                        work.stream_failed(error, format_traceback(cause))
+                        continue
+                    if answer is not None and answer[1]:
+                        return  # the function has returned: it takes no more input
+            self._wait(actor.put.remote(None, None), None, slot)
+        except (Cancelled, StopStage, _Died, _CallFailed):
+            pass
+
+    def _end_stream(self, slot: int) -> None:
+        """The slot's function has returned (its actor is clean), or the run ends: the actor
+        is kept for a later run once its feeder has stopped, else killed."""
+        clean = slot in self._clean
+        if not clean:
+            self._kill(slot)  # its feeder's `put` fails and it stops
+        self.work.worker_exited()  # the stage's last one: its input stops
+        with self._lock:
+            feeder = self._feeders.get(slot)
+        if feeder is not None and clean:
+            feeder.join(POLL_S)
+        if clean and (feeder is None or not feeder.is_alive()):
+            self._give_back(slot)
+        else:
+            self._kill(slot)
+
     def _deadline(self) -> float | None:
         timeout = self.work.options.timeout
         return None if timeout is None else time.monotonic() + timeout
@@ -508,7 +349,7 @@ class RayWorkers(Workers):
         has gone meanwhile is replaced by a fresh one."""
         for attempt in range(2):
             try:
-                result = self._wait(self._ready[slot], None)
+                result = self._wait(self._ready[slot], None, slot)
             except _Died:
                 self._kill(slot)
                 if attempt:
@@ -517,10 +358,12 @@ class RayWorkers(Workers):
                 continue
             assert result is not None
             self._check_setup(result)
+            self._pids[slot] = result[1]
             return
 
-    def _wait(self, ref: Any, deadline: float | None) -> tuple[Any, ...] | None:
-        """The actor's answer; None when ``deadline`` passes first; _Died when it is gone."""
+    def _wait(self, ref: Any, deadline: float | None, slot: int) -> tuple[Any, ...] | None:
+        """The answer of ``slot``'s actor (its log records handed to this program's
+        handlers); None when ``deadline`` passes first; _Died when it is gone."""
         ray = self.ray
         while True:
             if self.stopped():
@@ -538,7 +381,21 @@ class RayWorkers(Workers):
             raise _CallFailed(cause if isinstance(cause, BaseException) else exc) from exc
         except ray.exceptions.RayError as exc:  # RayActorError, OutOfMemoryError, ...
             raise _Died(str(exc)) from exc
-        return result
+        *answer, records = result
+        if records:
+            self._log(slot, records)
+        return tuple(answer)
+
+    def _log(self, slot: int, records: list[dict[str, Any]]) -> None:
+        """An actor's log records, handled here as the process backend handles a worker's."""
+        for fields in records:
+            record = logging.makeLogRecord(fields)
+            record.processName = f"{self.work.name}/worker-{slot}"
+            record.headrace_stage = self.work.name
+            record.headrace_worker = self._pids.get(slot)
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
 
     def _check_setup(self, result: tuple[Any, ...]) -> None:
         if result[0] == "setup":
@@ -564,7 +421,7 @@ class RayWorkers(Workers):
             while True:
                 try:
                     ref = self._actors[slot].run.remote(part.seq, part.keys, part.values)
-                    result = self._wait(ref, self._deadline())
+                    result = self._wait(ref, self._deadline(), slot)
                 except _CallFailed as exc:
                     total.errors.append(Failure(key, exc.cause, format_traceback(exc.cause)))
                     break
@@ -641,7 +498,23 @@ class RayWorkers(Workers):
         finally:
             self.closing = True
             self._kill_all()  # a thread still in a call (or a Ctrl-C here): its actor goes now
-        for thread in self._threads:
+        with self._lock:
+            threads = self._threads + list(self._feeders.values())
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, min(POLL_S * 4, deadline - time.monotonic())))
-        return not any(t.is_alive() for t in self._threads if t is not threading.current_thread())
+        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
+
+
+def _transit(
+    stage: str, what: str, cause: BaseException, index: int | None = None
+) -> SerializationError:
+    """An item or output of ``stage`` that could not cross to or from its actor."""
+    error = SerializationError(
+        f"stage {stage!r}: {what}: {type(cause).__name__}: {shorten(str(cause), 300)}; values "
+        "that cross to Ray actors must pickle (not locks, open files, sockets or generators)",
+        stage=stage,
+        index=index,
+    )
+    error.__cause__ = cause
+    return error
