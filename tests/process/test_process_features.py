@@ -592,3 +592,25 @@ def test_a_dead_workers_arrays_go_again_from_their_slots(tmp_path: Path) -> None
     out = hr.from_iterable(arrays).map(crash_once, retries=1, **PROC).collect()
     assert crashed.exists()
     assert out == [float(i * 2**18) for i in range(8)]
+
+
+def passing(items: Any) -> Any:
+    yield from items
+
+
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_an_item_that_cannot_be_sent_to_a_transform(on_error: str) -> None:
+    import threading
+
+    stream = hr.from_iterable([1, 2, threading.Lock(), 4]).transform(
+        passing, backend="process", on_error=on_error
+    )
+    if on_error == "raise":
+        with pytest.raises(hr.SerializationError, match="could not be pickled"):
+            stream.collect()
+        return
+    with stream.open() as run:
+        out = list(run)
+        report = run.report()
+    assert out == [1, 2, 4]
+    assert [e.type for e in report.errors] == ["SerializationError"]

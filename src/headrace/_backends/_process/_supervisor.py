@@ -722,14 +722,32 @@ class ProcessWorkers(Workers):
     def _feed(self, proc: Proc) -> None:
         try:
             for keys, values in self.work.stream_chunks():
-                data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
+                try:
+                    data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
+                except Exception:  # an item cannot travel: only it fails (or, under raise, the run)
+                    keys, values = self._sendable(keys, values)
+                    if not values:
+                        continue
+                    data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
                 proc.send(Items(keys, data, places))
             proc.send(End())
         except (Cancelled, StopStage, OSError, EOFError):
             pass
-        except Exception as exc:
-            error = _transit(self.work.name, None, "an item could not be pickled", exc)
-            self.work.stream_failed(error, format_traceback(exc))
+
+    def _sendable(self, keys: Sequence[int], values: list[Any]) -> tuple[list[int], list[Any]]:
+        """The items of a stream stage's chunk that can be pickled; each other one is the
+        stage's error (skipped under on_error='skip', else the run's failure)."""
+        good_keys, good = [], []
+        for key, value in zip(keys, values, strict=True):
+            try:
+                cloudpickle.dumps(value, protocol=5)
+            except Exception as exc:
+                error = _transit(self.work.name, key, f"item {key} could not be pickled", exc)
+                self.work.stream_failed(error, format_traceback(exc))
+                continue
+            good_keys.append(key)
+            good.append(value)
+        return good_keys, good
 
     def _handle_stream(self, proc: Proc, message: Message) -> None:
         if isinstance(message, Log):
