@@ -123,6 +123,7 @@ class Verdict:
     leaked_temp: int = 0
     swept_temp: int = 0  # temp entries a killed consumer left, which the next run removed
     swept: int = 0  # segments a group kill left, which the next run removed
+    foreign_segments: int = 0  # new segments of other programs' dead runs: not leaks, not ours
     leaked_threads: int = 0
     leaked_fds: int = 0
     lost: int = 0
@@ -178,10 +179,20 @@ def _alive(pid: int) -> bool:
 
 
 def _ours(name: str, pids: set[int]) -> bool:
-    """A new segment is the scenario's if the process that owns its run was one of the
-    scenario's processes, or is dead (nothing of a live run elsewhere is ever counted)."""
+    """A new segment is the scenario's if the process that owns its run (the first number of
+    its name) was one of the scenario's processes: every run of a scenario is opened by its
+    interpreter, whose pid the harness knows. A segment whose owner is some other dead process
+    is another program's, killed meanwhile on this machine (another test suite's whole-group
+    kill leaves segments until the next run sweeps them): counting those as the scenario's
+    leaks made the chaos run fail now and then for what a neighbour did."""
     owner = owner_pid(name)
-    return owner is not None and (owner in pids or not _alive(owner))
+    return owner is not None and owner in pids
+
+
+def _foreign(name: str, pids: set[int]) -> bool:
+    """A new segment of a dead owner that is not the scenario's (see `_ours`)."""
+    owner = owner_pid(name)
+    return owner is not None and owner not in pids and not _alive(owner)
 
 
 #: "The next headrace run on the machine" (RELIABILITY.md, 4): what removes the segments of a
@@ -327,7 +338,9 @@ def run(spec: dict[str, Any], *, strict: bool = True) -> Verdict:
     if spec["fault"] == "group_sigkill" or (not strict and spec["fault"] in KILLS_PARENT):
         verdict.swept = sum(_ours(n, pids) for n in _segments() - segments_before)
         subprocess.run([sys.executable, "-c", NEXT_RUN], env=env, timeout=DEADLINE_S, check=False)
-    new = sorted(n for n in _segments() - segments_before if _ours(n, pids))
+    appeared = _segments() - segments_before
+    new = sorted(n for n in appeared if _ours(n, pids))
+    verdict.foreign_segments = sum(_foreign(n, pids) for n in appeared)
     verdict.leaked_segments = len(new)
     if new:
         verdict.failures.append(f"segments left in /dev/shm: {new[:5]}")
@@ -378,6 +391,7 @@ def totals(verdicts: list[Verdict]) -> dict[str, int]:
         figures[name] = sum(int(getattr(v, name)) for v in verdicts)
     figures["swept_temp"] = sum(v.swept_temp for v in verdicts)
     figures["swept_by_next_run"] = sum(v.swept for v in verdicts)
+    figures["foreign_segments_seen"] = sum(v.foreign_segments for v in verdicts)
     figures["scenarios"] = len(verdicts)
     figures["failed"] = sum(bool(v.failures) for v in verdicts)
     return figures
