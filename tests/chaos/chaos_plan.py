@@ -435,7 +435,35 @@ def as_json(verdicts: list[Verdict]) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
+def repeat(seed: int, count: int, faults: tuple[str, ...] = ALL_FAULTS) -> list[Verdict]:
+    """Run the scenario of ``seed`` ``count`` times (strict), printing each verdict: how a
+    rare failure (a leak one run in ten) is reproduced, and how its fix is shown."""
+    spec = make_scenario(seed, faults)
+    print(Verdict(spec).summary(), flush=True)
+    verdicts = []
+    for attempt in range(count):
+        verdict = run(spec)
+        verdicts.append(verdict)
+        status = "; ".join(verdict.failures)[:400] or "ok"
+        print(
+            f"{attempt}: {verdict.seconds:.1f} s, {status} "
+            f"(other programs' dead segments seen: {verdict.foreign_segments})",
+            flush=True,
+        )
+    failed = sum(bool(v.failures) for v in verdicts)
+    leaky = sum(v.leaked_segments > 0 for v in verdicts)
+    print(f"seed {seed}: {failed} of {count} failed, {leaky} left segments", flush=True)
+    return verdicts
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["repeat"]:
+    # python tests/chaos/chaos_plan.py repeat SEED COUNT [ci]: one scenario, again and again
+    repeat(
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        CI_FAULTS if sys.argv[4:5] == ["ci"] else ALL_FAULTS,
+    )
+elif __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     verdicts = run_many(
         count, ALL_FAULTS, first_seed=int(sys.argv[2]) if len(sys.argv) > 2 else 1000
