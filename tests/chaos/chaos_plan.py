@@ -200,6 +200,16 @@ def _foreign(name: str, pids: set[int]) -> bool:
 NEXT_RUN = "import headrace as hr; hr.from_iterable([1]).map(abs, backend='process').collect()"
 
 
+def _next_run(env: dict[str, str]) -> int:
+    """Run `NEXT_RUN` in a fresh interpreter; its pid (what it leaves is the scenario's too)."""
+    with subprocess.Popen([sys.executable, "-c", NEXT_RUN], env=env) as proc:
+        try:
+            proc.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.pid
+
+
 def _expected_error(spec: dict[str, Any]) -> tuple[set[str | None], str | None]:
     """The errors the scenario may end with, and the record type its faulty item leaves."""
     fault = spec["fault"]
@@ -338,7 +348,7 @@ def run(spec: dict[str, Any]) -> Verdict:
     # in about half the runs of seed 1074 on spawn).
     if spec["fault"] == "group_sigkill":
         verdict.swept = sum(_ours(n, pids) for n in _segments() - segments_before)
-        subprocess.run([sys.executable, "-c", NEXT_RUN], env=env, timeout=DEADLINE_S, check=False)
+        pids.add(_next_run(env))
     appeared = _segments() - segments_before
     new = sorted(n for n in appeared if _ours(n, pids))
     verdict.foreign_segments = sum(_foreign(n, pids) for n in appeared)
@@ -352,7 +362,7 @@ def run(spec: dict[str, Any]) -> Verdict:
         # A killed consumer's temp folders (its multiprocessing folder among them, inside
         # headrace-<pid>-mp-*) are removed by the next run, like segments after a group kill.
         verdict.swept_temp = len(os.listdir(tmp))
-        subprocess.run([sys.executable, "-c", NEXT_RUN], env=env, timeout=DEADLINE_S, check=False)
+        pids.add(_next_run(env))
     entries = os.listdir(tmp)
     verdict.leaked_temp = len(entries)
     if entries:
