@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import headrace as hr
+from headrace._runner import CLOSE_TIMEOUT
 
 N = 20
 
@@ -418,6 +419,41 @@ def test_timeout_detected_while_the_call_runs(
         assert elapsed < ERROR_WITHIN_S, f"StageTimeoutError took {elapsed:.2f} s to arrive"
     finally:
         release.set()
+    assert wait_no_threads(2.0) == []
+
+
+def test_close_does_not_wait_for_a_call_that_timed_out_on_threads(wait_no_threads: Any) -> None:
+    """A thread cannot be stopped, so a call past its timeout runs on, abandoned: its item is
+    recorded, its result would be discarded. The run's end does not wait for it (it waited
+    the whole close timeout, 5 s, for a result nobody wants); the thread ends when the call
+    returns."""
+    release = threading.Event()
+    returned = threading.Event()
+
+    def hang(x: int) -> int:
+        if x == 3:
+            release.wait(30)
+            returned.set()
+        return x
+
+    try:
+        start = time.monotonic()
+        stream = hr.from_iterable(range(10)).map(
+            hang, backend="thread", workers=2, timeout=0.2, on_error="skip", name="hang"
+        )
+        with stream.open() as run:
+            out = list(run)
+            report = run.report()
+        elapsed = time.monotonic() - start
+        assert sorted(out) == [x for x in range(10) if x != 3]
+        assert [(r.index, r.type) for r in report.errors] == [(3, "StageTimeoutError")]
+        assert not returned.is_set()
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("headrace-hang")]
+        assert alive, "the abandoned call's thread is gone: the test no longer tests the close"
+        assert elapsed < CLOSE_TIMEOUT / 2, f"the run took {elapsed:.2f} s to end"
+    finally:
+        release.set()
+    assert returned.wait(5)
     assert wait_no_threads(2.0) == []
 
 

@@ -3,8 +3,7 @@ checked for conservation, duplicates, order, lost items, hangs and anything left
 
 A short seeded run (`CI_SCENARIOS` scenarios over `chaos_plan.CI_FAULTS`) runs with every
 test run (marker ``chaos``). The long run covers every fault (also any whose fix is in
-progress, `chaos_plan.PENDING_FAULTS`), is strict about what a killed consumer leaves (before
-the next run sweeps it), and prints the figures RELIABILITY.md asks for::
+progress, `chaos_plan.PENDING_FAULTS`) and prints the figures RELIABILITY.md asks for::
 
     HEADRACE_CHAOS_LONG=200 .venv/bin/pytest -q -s -m chaos_long tests/chaos
 
@@ -16,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import chaos_plan
 import pytest
@@ -29,7 +30,7 @@ LONG_SCENARIOS = 200
 @pytest.mark.chaos
 @pytest.mark.parametrize("seed", range(CI_SCENARIOS))
 def test_chaos(seed: int) -> None:
-    verdict = chaos_plan.run(chaos_plan.make_scenario(seed, chaos_plan.CI_FAULTS), strict=False)
+    verdict = chaos_plan.run(chaos_plan.make_scenario(seed, chaos_plan.CI_FAULTS))
     assert not verdict.failures, f"{verdict.summary()}\n{verdict.failures}\n{verdict.stderr}"
 
 
@@ -49,3 +50,44 @@ def test_chaos_long(request: pytest.FixtureRequest) -> None:
     failed_ci = [v for v in verdicts if v.failures and v.spec["fault"] in chaos_plan.CI_FAULTS]
     assert not failed_ci, "\n".join(f"{v.summary()}: {v.failures}" for v in failed_ci)
     assert figures["faults_injected"] > 0
+
+
+def test_another_programs_dead_run_is_not_the_scenarios_leak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A segment of some other program's run, killed while a scenario runs (another test
+    suite's whole-group kill on a shared machine), is not the scenario's leak: the harness
+    counts it apart and leaves it alone. Counting it made the chaos run fail about one time in
+    ten on a busy machine."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    foreign = chaos_plan.SHM / f"hr-{int(dead.stdout)}-0123456789ab-progress"
+    real = chaos_plan._segments
+    looks: list[set[str]] = []
+
+    def segments() -> set[str]:
+        found = real()
+        if not looks:  # the look before the scenario: the neighbour's segment comes after it
+            foreign.write_bytes(b"")
+        looks.append(found)
+        return found
+
+    monkeypatch.setattr(chaos_plan, "_segments", segments)
+    spec = chaos_plan.make_scenario(0, ("none",))
+    spec.update(n=20, array_size=0)
+    spec["stages"] = spec["stages"][:1]
+    spec["stages"][0].update(kind="map", backend="thread", workers=1)
+    try:
+        verdict = chaos_plan.run(spec)
+        assert foreign.exists(), "the harness removed another program's segment"
+    finally:
+        foreign.unlink(missing_ok=True)
+    assert len(looks) >= 2
+    assert not verdict.failures, verdict.failures
+    assert verdict.foreign_segments == 1
+    assert verdict.leaked_segments == 0

@@ -407,6 +407,29 @@ def test_the_sweep_removes_dead_runs_only() -> None:
             (_shm.SHM_DIR / name).unlink(missing_ok=True)
 
 
+def test_a_long_lived_program_sweeps_dead_runs_again(monkeypatch: Any) -> None:
+    """Not only a program's first process stage sweeps: later runs of a program that lives on
+    remove what a neighbour killed meanwhile left (every `SWEEP_EVERY_S` seconds at most)."""
+    from headrace._backends._process import _supervisor
+
+    hr.from_iterable([1]).map(abs, backend="process").collect()  # the program's first sweep
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(child.stdout)
+    stale = _shm.SHM_DIR / f"hr-{dead}-abc-{dead}-1"
+    stale.write_bytes(b"x")
+    monkeypatch.setattr(_supervisor, "SWEEP_EVERY_S", 0.0, raising=False)
+    try:
+        assert hr.from_iterable([2]).map(abs, backend="process").collect() == [2]
+        assert not stale.exists(), "a later run of this program did not sweep"
+    finally:
+        stale.unlink(missing_ok=True)
+
+
 def test_remove_run_goes_on_past_an_entry_it_cannot_remove(monkeypatch: Any) -> None:
     pool = _shm.SlotPool(_shm.run_token(), 2**26)
     for _ in range(3):

@@ -4,7 +4,8 @@ Each thread runs the shared worker body. With a ``timeout``, a watchdog thread c
 item each worker holds: an item past its deadline is reported at once (or, within its
 ``retries``, run again) and its worker is replaced by a fresh thread. Python cannot kill a
 thread, so the given-up call runs on until it returns; its late result is discarded and the
-thread then ends.
+thread then ends. Closing the run does not wait for such a thread (nobody wants what its call
+returns; it is a daemon): only for the calls whose results are still wanted.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class ThreadWorkers(Workers):
     def __init__(self, work: StageWork) -> None:
         self._work = work
         self._ids = itertools.count()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[int, threading.Thread] = {}  # worker id -> its thread
+        self._abandoned: set[int] = set()  # workers whose call timed out: not waited for
         self._lock = threading.Lock()
         self._holding: dict[int, tuple[Chunk, float]] = {}  # worker id -> chunk, deadline
         self._stop = threading.Event()
@@ -64,7 +66,7 @@ class ThreadWorkers(Workers):
             daemon=True,
         )
         with self._lock:
-            self._threads.append(thread)
+            self._threads[wid] = thread
         thread.start()
 
     def _run(self, wid: int, first: Chunk | None = None) -> None:
@@ -102,6 +104,7 @@ class ThreadWorkers(Workers):
                 for wid, (task, deadline) in list(self._holding.items()):
                     if deadline <= now:
                         del self._holding[wid]
+                        self._abandoned.add(wid)
                         late.append(task)
                 idle = not self._holding
                 wait = min((d for _, d in self._holding.values()), default=now + timeout) - now
@@ -129,8 +132,8 @@ class ThreadWorkers(Workers):
         self._wake.set()
         if self._watchdog is not None:
             self._watchdog.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            threads = list(self._threads)
+        with self._lock:  # a thread whose call timed out ends when that call returns
+            threads = [t for wid, t in self._threads.items() if wid not in self._abandoned]
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))

@@ -205,7 +205,7 @@ class ProcessWorkers(Workers):
         self.work = work
         self.method = work.start_method or default_start_method()
         self.ctx = _context(self.method)
-        _sweep_once()
+        _sweep_now_and_then()
         self.token = run_token()
         budget = work.shm_budget
         progress = f"hr-{self.token}-progress"
@@ -811,6 +811,7 @@ class ProcessWorkers(Workers):
                 os.close(fd)
         self._wake_r = self._wake_w = -1
         self._finalizer.cancel()
+        _sweep_now_and_then()
 
 
 #: What a `SerializationError` suggests.
@@ -862,16 +863,24 @@ def _crash(message: str, stage: str, proc: Proc, key: int | None) -> WorkerCrash
     )
 
 
-_swept = False
+#: Seconds between two sweeps of dead runs' segments by one program. The first is at its first
+#: process stage; later ones when a process stage starts or ends, so that a long-lived program
+#: also removes what a killed neighbour left (a sweep lists /dev/shm: about 0.1 ms).
+SWEEP_EVERY_S = 10.0
+_last_sweep: float | None = None
+_sweep_lock = threading.Lock()
 
 
-def _sweep_once() -> None:
+def _sweep_now_and_then() -> None:
     """Remove what runs whose every process was killed at once left in /dev/shm (their resource
-    tracker died with them): once per program, at its first process stage."""
-    global _swept
-    if not _swept:
-        _swept = True
-        sweep_stale()
+    tracker died with them), at most every `SWEEP_EVERY_S` seconds."""
+    global _last_sweep
+    now = time.monotonic()
+    with _sweep_lock:
+        if _last_sweep is not None and now - _last_sweep < SWEEP_EVERY_S:
+            return
+        _last_sweep = now
+    sweep_stale()
 
 
 def _cancelled(work: StageWork) -> bool:
