@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import pickle
 import threading
 import time
@@ -341,6 +342,19 @@ class _Accumulator:
             ([keys[i] for i in ks], vs) for ks, vs in zip(self.keys, self.values, strict=True)
         ]
         return outs, self.dropped
+
+
+def log_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A worker's `logging` record as plain fields (message formatted, traceback as text, only
+    values that pickle everywhere), for the parent's ``logging.makeLogRecord``."""
+    fields = dict(record.__dict__)
+    fields["msg"] = record.getMessage()
+    fields["args"] = None
+    if record.exc_info:
+        fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+    fields["exc_info"] = None
+    plain = (str, int, float, bool, tuple)
+    return {k: v for k, v in fields.items() if v is None or isinstance(v, plain)}
 
 
 # --- a tail: the cheap stages that follow a process stage, run in its workers -----------------

@@ -48,6 +48,7 @@ from .._base import (
     Done,
     Failure,
     Tail,
+    log_fields,
     run_calls,
     run_stream,
     set_item,
@@ -369,17 +370,6 @@ class PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            fields = {k: v for k, v in fields.items() if _picklable(v)}
-            self._child.send(Log(fields))
+            self._child.send(Log(log_fields(record)))
         except Exception:
             self.handleError(record)
-
-
-def _picklable(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool | tuple)

@@ -19,7 +19,7 @@ import cloudpickle
 from ..._errors import format_traceback
 from ..._stages import STREAM_KINDS, StageOptions
 from ..._transport import Cancelled, StopStage, nbytes
-from .._base import Caller, Chunk, dump_error, instantiate, run_stream, set_item
+from .._base import Caller, Chunk, dump_error, instantiate, log_fields, run_stream, set_item
 
 #: Seconds an actor left idle by a finished run is kept for the next run (starting one takes a
 #: second or more); it then exits. One idle longer than IDLE_S - IDLE_MARGIN_S is not reused.
@@ -308,16 +308,7 @@ class ActorLogs(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            simple = (str, int, float, bool, tuple)
-            self._records.append(
-                {k: v for k, v in fields.items() if v is None or isinstance(v, simple)}
-            )
+            self._records.append(log_fields(record))
         except Exception:
             self.handleError(record)
 
