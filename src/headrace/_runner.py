@@ -264,6 +264,8 @@ class StageRunner:
                 self._maybe_end()
                 return None
             keys, values = got
+            if self.batch_size:
+                keys, values = self._to_boundary(keys, values)
             size = chunk_nbytes(values) if self.window.max_bytes is not None else 0
             self.window.add_bytes(size)
             chunk = Chunk(self._taken, keys, values, size)
@@ -276,6 +278,22 @@ class StageRunner:
             return chunk
         finally:
             self._take_lock.release()
+
+    def _to_boundary(
+        self, keys: Sequence[int], values: list[Any]
+    ) -> tuple[Sequence[int], list[Any]]:
+        """A chunk cut short by the channel (it joins only whole chunks queued behind the
+        first), made up with the items already queued up to the next batch boundary."""
+        with self.lock:
+            need = -(self._expected + len(values)) % self.batch_size
+        while need:
+            assert self.inbox is not None
+            more = self.inbox.get(need, block=False)
+            if more is None or more is END:  # nothing more now (END stays for the next take)
+                break
+            keys, values = [*keys, *more[0]], values + more[1]
+            need -= len(more[1])
+        return keys, values
 
     def set_window(self, chunks: int) -> None:
         """Change how many chunks the stage may hold in flight (a backend that learns its

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,13 @@ def fails_on_fives(a: np.ndarray) -> np.ndarray:
 
 def plus_one(a: np.ndarray) -> np.ndarray:
     return a + 1
+
+
+def slow_decode(x: int) -> np.ndarray:
+    """`decode` about as slow as a real one (1 ms): the stage is the pipeline's bottleneck,
+    as in a training pipeline."""
+    time.sleep(0.001)
+    return decode(x)
 
 
 def pid_of_worker(a: np.ndarray) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def test_the_tail_and_the_batch_run_in_the_workers(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_stages, "collate_auto", counting_collate)  # this process's only
     stream = (
         hr.from_iterable(range(40 * 16))
-        .map(decode, workers=2, backend="process")
+        .map(slow_decode, workers=2, backend="process")
         .map(pid_of_worker, backend="inline")
         .batch(16)
     )
