@@ -247,6 +247,8 @@ class SlotPool:
         #: even once their receiver let go of them.
         self._pins: dict[str, int] = {}
         self._bytes = 0
+        #: Arrays made in slots by `empty`, by address: (start, bytes, slot), until `settle`.
+        self._filled: dict[int, tuple[int, Slot]] = {}
         self._lock = threading.Lock()
         self._warned = False
         self._closed = False
@@ -330,6 +332,49 @@ class SlotPool:
                     freed += 1
         return freed
 
+    def empty(self, shape: tuple[int, ...], dtype: Any, holder: int) -> Any:
+        """An uninitialised array in a slot held for ``holder``, for the sender to fill in
+        place: `encode` then sends that slot as it is, without copying the array. None for an
+        array too small for a slot, or when no slot is free. `settle` frees the slots of the
+        arrays that were not sent."""
+        import numpy as np  # loaded already: the caller stacks arrays
+
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize
+        for n in shape:
+            nbytes *= n
+        if nbytes < THRESHOLD:
+            return None
+        slot = self.take(nbytes, holder)
+        if slot is None:
+            return None
+        array = np.ndarray(shape, dtype, buffer=slot.memory, offset=HEADER)
+        with self._lock:
+            self._filled[array.__array_interface__["data"][0]] = (nbytes, slot)
+        return array
+
+    def filled_place(self, raw: memoryview) -> Place | None:
+        """Where ``raw`` lies if it is (part of) an array `empty` made; else None."""
+        if not self._filled:
+            return None
+        import numpy as np  # loaded already: `empty` made arrays
+
+        address = np.frombuffer(raw, np.uint8).__array_interface__["data"][0]
+        with self._lock:
+            for start, (nbytes, slot) in self._filled.items():
+                if start <= address and address + raw.nbytes <= start + nbytes:
+                    return (slot.name, address - start, raw.nbytes)
+        return None
+
+    def settle(self, sent: set[str]) -> None:
+        """Forget the arrays `empty` made; free the slots of those not in ``sent`` (names of
+        the slots that went out: their receivers free them)."""
+        with self._lock:
+            for _, slot in self._filled.values():
+                if slot.name not in sent:
+                    slot.memory[_STATE_OFFSET] = _FREE
+            self._filled.clear()
+
     def keep(self, data: bytes, places: list[Place]) -> Any:
         """Pin the slots of an encoding this pool made, and decode it from this process's own
         maps of them (no copy): the sender can let go of the original objects and still send
@@ -373,6 +418,7 @@ class SlotPool:
         makes no slot after this."""
         with self._lock:
             self._closed = True
+            self._filled.clear()
             for slot in self._slots:
                 self._destroy(slot)
             self._slots.clear()
@@ -459,6 +505,7 @@ class StagePool(SlotPool):
         """Unmap this process's view of the slots (the parent removes the files)."""
         with self._lock:
             self._closed = True
+            self._filled.clear()
             for slot in self._slots:
                 with contextlib.suppress(BufferError):
                     slot.memory.close()
@@ -565,6 +612,10 @@ def _encode(
         raw = buffer.raw()
         if raw.nbytes < THRESHOLD:
             return True
+        place = pool.filled_place(raw)
+        if place is not None:  # written in its slot already (`SlotPool.empty`)
+            places.append(place)
+            return False
         slot = pool.take(raw.nbytes, holder)
         if slot is None:
             return True

@@ -198,8 +198,16 @@ def callable_name(fn: object, default: str) -> str:
 # --- collate -------------------------------------------------------------------------------
 
 
-def collate_auto(items: list[Any]) -> Any:
+#: Makes an uninitialised array of a shape and dtype for `collate_auto` to fill, or None.
+Empty = Callable[[tuple[int, ...], Any], Any]
+
+
+def collate_auto(items: list[Any], empty: Empty | None = None) -> Any:
     """Stack arrays (and dicts / tuples of arrays) along a new axis 0; lists for the rest.
+
+    ``empty(shape, dtype)``, when given, makes the array a stack of equal arrays is written
+    into (a process worker's shared-memory slot, so the batch crosses without another copy);
+    where it returns None, `numpy.stack` makes one.
 
     Examples
     --------
@@ -214,11 +222,17 @@ def collate_auto(items: list[Any]) -> Any:
     first = items[0]
     np = loaded_numpy()
     if np is not None and isinstance(first, np.ndarray | np.generic):
+        if empty is not None and type(first) is np.ndarray and not first.dtype.hasobject:
+            shape, dtype = first.shape, first.dtype
+            if all(type(a) is np.ndarray and a.shape == shape and a.dtype == dtype for a in items):
+                out = empty((len(items), *shape), dtype)
+                if out is not None:
+                    return np.stack(items, out=out)
         return np.stack(items)
     if isinstance(first, Mapping):
-        return {k: collate_auto([item[k] for item in items]) for k in first}
+        return {k: collate_auto([item[k] for item in items], empty) for k in first}
     if isinstance(first, tuple) and not hasattr(first, "_fields"):
-        return tuple(collate_auto(list(parts)) for parts in zip(*items, strict=True))
+        return tuple(collate_auto(list(parts), empty) for parts in zip(*items, strict=True))
     return list(items)
 
 

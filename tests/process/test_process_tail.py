@@ -228,3 +228,70 @@ def test_a_batch_stage_regroups_batches_after_a_lost_item() -> None:
     made = Collated(np.stack(rows[1:4]), 3, 0)  # 1, 2, 3 made in a worker; 0 came loose
     out = list(body(iter([rows[0], made, rows[4], Collated(np.stack(rows[5:7]), 2, 0)])))
     assert [b[:, 0].tolist() for b in out] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_collate_auto_stacks_equal_arrays_into_the_array_empty_gives() -> None:
+    made: list[np.ndarray] = []
+
+    def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        made.append(np.full(shape, -1, dtype))
+        return made[-1]
+
+    rows = [np.full(3, i, np.float32) for i in range(4)]
+    batch = collate_auto([{"x": row, "y": (row, i)} for i, row in enumerate(rows)], empty)
+    assert batch["x"] is made[0] and batch["y"][0] is made[1]
+    np.testing.assert_array_equal(batch["x"], np.stack(rows))
+    assert batch["y"][1] == [0, 1, 2, 3]
+    # what is not one shape and dtype is left to np.stack, as without `empty`
+    mixed = [np.zeros(2), np.zeros(2, np.int32)]
+    assert collate_auto(mixed, empty).dtype == np.stack(mixed).dtype
+    with pytest.raises(ValueError, match="same shape"):
+        collate_auto([np.zeros(2), np.zeros(3)], empty)
+    assert len(made) == 2
+
+
+def test_a_batch_stacked_in_a_slot_crosses_without_a_second_slot() -> None:
+    """The worker's tail stacks a batch into a slot of its pool (`SlotPool.empty`): encoding
+    it sends that slot as it is (no copy into another one), the receiver reads the batch there,
+    and `settle` frees the slot of a batch that was not sent."""
+    from headrace import _shm
+
+    pool, mapper = _shm.SlotPool(_shm.run_token(), 2**26), _shm.Mapper()
+    try:
+        stage = TailStage("same", "map", lambda x: x, StageOptions(), position=2, seed=0)
+        tail = Tail([stage], (4, "auto"))
+        tail.empty = lambda shape, dtype: pool.empty(shape, dtype, os.getpid())
+        rows = [np.full(2**14, i, np.float64) for i in range(8)]  # 128 KiB each
+        done = Done(Chunk(0, range(8), rows, base=0), [(range(8), rows)], 8)
+        tail.run(done)
+        _keys, values = done.outputs[0]
+        assert [type(v).__name__ for v in values] == ["Collated", "Collated"]
+        slots = pool.reserved
+        assert slots == 2 * _shm._round_up(4 * 2**17)  # one slot per batch, made by `empty`
+        data, places = _shm.encode(values[0], pool, os.getpid())
+        assert pool.reserved == slots and len(places) == 1  # sent from the slot it was made in
+        pool.settle({name for name, _, _ in places})
+        got = _shm.decode(data, places, mapper)
+        np.testing.assert_array_equal(got.value, np.stack(rows[:4]))
+        # the second batch was not sent: settled, its slot is free for the next array
+        del values, done
+        _data, again = _shm.encode(np.ones(4 * 2**14), pool, os.getpid())
+        assert pool.reserved == slots and again[0][0] != places[0][0]
+        del got
+    finally:
+        pool.close()
+        mapper.close()
+    assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(f"hr-{pool.token}")]
+
+
+def test_batches_of_large_arrays_made_in_the_workers_are_right() -> None:
+    rows = [np.full((64, 64), i, np.float32) for i in range(50)]  # 16 KiB rows, 512 KiB batches
+    stream = (
+        hr.from_iterable(rows)
+        .map(np.negative, workers=2, backend="process")
+        .map(np.abs, backend="inline")
+        .batch(32)
+    )
+    batches = stream.collect()
+    assert [len(b) for b in batches] == [32, 18]
+    np.testing.assert_array_equal(np.concatenate(batches), np.stack(rows))

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Protocol
 import cloudpickle
 
 from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
-from .._stages import StageOptions, collate_auto, identity_body
+from .._stages import Empty, StageOptions, collate_auto, identity_body
 from .._transport import Cancelled, StopStage, chunk_nbytes
 from .._types import Collated
 
@@ -396,6 +396,9 @@ class Tail:
     def __init__(self, stages: Sequence[TailStage], batch: tuple[int, Any] | None) -> None:
         self.callers = [Caller(stage, instantiate(stage.fn)) for stage in stages]  # type: ignore[arg-type]
         self.batch = batch
+        #: Where the "auto" collate stacks arrays (see `collate_auto`): a process worker gives
+        #: its shared-memory slots, so a batch is written once, where it crosses.
+        self.empty: Empty | None = None
 
     def run(self, done: Done) -> list[TailFigures]:
         """Replace ``done``'s outputs by the tail's; the figures of each tail stage."""
@@ -411,16 +414,25 @@ class Tail:
             )
             keys, values = part.outputs[0]
         if self.batch is not None and done.chunk.base >= 0 and not done.chunk.split:
-            keys, values = _collated(keys, values, done.chunk.base, *self.batch)
+            size, collate = self.batch
+            keys, values = _collated(keys, values, done.chunk.base, size, collate, self.empty)
         done.outputs = [(keys, values)]
         return figures
 
 
 def _collated(
-    keys: Sequence[int], values: list[Any], base: int, size: int, collate: Any
+    keys: Sequence[int],
+    values: list[Any],
+    base: int,
+    size: int,
+    collate: Any,
+    empty: Empty | None = None,
 ) -> tuple[list[int], list[Any]]:
     """Whole aligned groups of ``size`` outputs as `Collated` batches, the rest as they are."""
-    gather = collate_auto if collate == "auto" else list
+
+    def gather(group: list[Any]) -> Any:
+        return collate_auto(group, empty) if collate == "auto" else list(group)
+
     out_keys: list[int] = []
     out: list[Any] = []
     n = len(values)

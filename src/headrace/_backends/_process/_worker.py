@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -116,6 +117,7 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
             child.fn = cloudpickle.loads(spec.fn)
             if spec.tail is not None:
                 child.tail = Tail(*cloudpickle.loads(spec.tail))
+                child.tail.empty = partial(child.pool.empty, holder=child.parent)
         except BaseException as exc:
             child.setup_failed(exc, format_traceback(exc))
             return
@@ -128,6 +130,16 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
             run_calls(child, mark=child.mark)
     finally:
         child.close()
+
+
+def _slot_names(outputs: list[tuple[Any, ...]]) -> set[str]:
+    """The slots the encoded outputs of a chunk (as `ChildWork.finish` makes them) refer to."""
+    names: set[str] = set()
+    for _, split, data, places in outputs:
+        for part in data if split else [(data, places)]:
+            if part is not None:  # None: an output that could not be pickled
+                names.update(name for name, _, _ in part[1])
+    return names
 
 
 #: The run token of the job this worker runs (its segments are removed if the parent dies).
@@ -295,6 +307,8 @@ class ChildWork:
                             )
                 outputs.append((keys, True, parts, []))
             completed -= len(bad)
+        if tail is not None:  # the batches the tail wrote in slots: those not sent are free
+            self.pool.settle(_slot_names(outputs))
         self._done.append(
             ChunkResult(chunk.seq, outputs, completed, done.dropped, errors, done.busy_s, tail)
         )
