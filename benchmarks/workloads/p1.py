@@ -178,8 +178,13 @@ def pescador_job(n: int) -> int:
     )
 
 
+def serial_job(n: int) -> int:
+    """The whole job in one process, one thread: the work itself, with no parallelism."""
+    return sum(consume(batch) for batch in stacked(_augmented(map(decode, records(n)))))
+
+
 def _case(key: str, system: str, settings: str, job: Any, *needs: str) -> Case:
-    kind = "headrace" if system == "headrace" else "peer"
+    kind = {"headrace": "headrace", "serial": "reference"}.get(system, "peer")
 
     def run(p: Params) -> Result:
         records(p["n"]), records(p["warm"])  # made before the clock starts
@@ -234,6 +239,12 @@ WORKLOAD = Workload(
             "multiprocessing.Pool",
             "imap(decode), chunksize=1 (default); augment and stack in the consumer; fork",
             pool_job,
+        ),
+        _case(
+            "serial",
+            "serial",
+            "the same work in one process (a reference: 2 workers can at most about double it)",
+            serial_job,
         ),
         _case(
             "pescador",
