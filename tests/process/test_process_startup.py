@@ -143,3 +143,51 @@ def test_a_main_module_the_forkserver_cannot_import_fails_the_run_once(tmp_path:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "worker processes in a row died before they could start" in done.stderr
     assert "this script cannot be imported" in done.stderr  # the workers' own output
+
+
+SPAWN_ORDER = textwrap.dedent(
+    """
+    import json
+    import sys
+    from multiprocessing import util
+
+    import headrace as hr
+
+    seen = {}
+    spawn = util.spawnv_passfds
+
+    def spy(path, args, passfds):
+        if "forkserver" in args[-1]:
+            seen["at_spawn"] = sorted(m for m in sys.modules if m.startswith("headrace"))
+        return spawn(path, args, passfds)
+
+    util.spawnv_passfds = spy
+
+    if __name__ == "__main__":
+        stream = hr.from_iterable(range(10)).map(abs, workers=2, backend="process")
+        assert "at_spawn" in seen, "building a process stage starts the forkserver"
+        assert stream.collect() == list(range(10))
+        print("RESULT " + json.dumps(seen["at_spawn"]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_a_process_stage_starts_the_forkserver_before_loading_the_runner(tmp_path: Path) -> None:
+    """The forkserver boots (most of the time to the first result) while the program loads the
+    runner and the backends: building the first process stage spawns it first."""
+    done, _ = run(tmp_path, SPAWN_ORDER)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.split("RESULT ", 1)[1]))
+    assert "headrace._backends._process._start" in loaded
+    later = {
+        "headrace._backends._base",
+        "headrace._backends._process._protocol",
+        "headrace._backends._process._supervisor",
+        "headrace._backends._process._worker",
+        "headrace._monitor",
+        "headrace._run",
+        "headrace._runner",
+        "headrace._shm",
+    }
+    assert not loaded & later, sorted(loaded & later)

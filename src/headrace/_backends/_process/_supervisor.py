@@ -64,8 +64,6 @@ from ._protocol import (
     CRASH_LOOP,
     CRASH_WINDOW_S,
     DEPTH,
-    NO_GUARD_EXIT,
-    NO_GUARD_HINT,
     PIPE_BYTES,
     PIPE_SAFE,
     SLOW_CHUNK_S,
@@ -89,9 +87,8 @@ from ._protocol import (
     Spec,
     _load_error,
     _TransitError,
-    main_script,
 )
-from ._start import _context, default_start_method
+from ._start import NO_GUARD_EXIT, NO_GUARD_HINT, _context, default_start_method, main_script
 from ._warm import WARM
 from ._worker import worker_main
 
