@@ -191,3 +191,41 @@ def test_a_process_stage_starts_the_forkserver_before_loading_the_runner(tmp_pat
         "headrace._shm",
     }
     assert not loaded & later, sorted(loaded & later)
+
+
+TRACKER = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+    from multiprocessing import resource_tracker
+
+    import headrace as hr
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "own":
+            resource_tracker.ensure_running()  # the program's own tracker: left alone
+        stream = hr.from_iterable(range(10)).map(abs, workers=2, backend="process")
+        pid = resource_tracker._resource_tracker._pid
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+        assert stream.collect() == list(range(10))
+        print("RESULT " + json.dumps([nice, os.getpriority(os.PRIO_PROCESS, 0)]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path) -> None:
+    """The tracker that starting the forkserver starts first gets a lower priority (its imports
+    would compete with the server's); the program's own, and the program, keep theirs."""
+    from headrace._backends._process._start import TRACKER_NICE
+
+    niceness = {}
+    for case in ("started", "own"):
+        done, _ = run(tmp_path, TRACKER, case)
+        assert done.returncode == 0, done.stderr[-3000:]
+        niceness[case] = json.loads(done.stdout.split("RESULT ", 1)[1])
+    tracker, program = niceness["started"]
+    assert tracker == max(TRACKER_NICE, program) and program == os.getpriority(os.PRIO_PROCESS, 0)
+    tracker, program = niceness["own"]
+    assert tracker == program == os.getpriority(os.PRIO_PROCESS, 0)
