@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from headrace import _tempdirs
+from headrace import _shm, _tempdirs
 
 
 def dead_pid() -> int:
@@ -102,7 +102,7 @@ def test_a_killed_consumers_multiprocessing_folder_is_swept(tmp_path: Path) -> N
     assert len(left) == 1 and left[0].startswith(f"headrace-{pid}-mp-"), left
     assert [e.startswith("pymp-") for e in _entries(temp / left[0])] == [True]
     deadline = time.monotonic() + 5  # its workers and forkserver end
-    while _tempdirs.pid_alive(pid) and time.monotonic() < deadline:
+    while _shm.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
 
     # The next run removes it (and leaves nothing of its own).

@@ -18,7 +18,6 @@ from typing import Any
 
 from . import _graph
 from ._backends._process import START_METHODS
-from ._backends._ray import RayEngine
 from ._errors import HeadraceError
 from ._graph import Node, Plan, compile_plan
 from ._monitor import Progress, Report
@@ -207,10 +206,18 @@ def parse_bytes(value: int | str) -> int:
     return int(float(match.group(1)) * base ** "_KMGT".index(match.group(2).upper() or "_"))
 
 
+def _is_ray_engine(engine: Any) -> bool:
+    # Imported here: a local run needs none of the Ray backend (its import costs a few ms of
+    # the CPU that the forkserver, booting meanwhile, could use).
+    from ._backends._ray import RayEngine
+
+    return isinstance(engine, RayEngine)
+
+
 def _check_run_options(seed: Any, engine: Any, memory: Any, start_method: Any = None) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    if engine is not None and not isinstance(engine, RayEngine):
+    if engine is not None and not _is_ray_engine(engine):
         raise ValueError(
             f"engine must be None (the local engine) or a headrace.RayEngine, got {engine!r}"
         )

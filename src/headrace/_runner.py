@@ -15,12 +15,12 @@ Imports graph, stages, transport, flow and backends; nothing above it.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backends._base import (
     Backend,
@@ -37,7 +37,6 @@ from ._backends._base import (
 )
 from ._backends._inline import InlineBackend
 from ._backends._process import ProcessBackend
-from ._backends._ray import RayEngine
 from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._flow import CHUNK_BYTES, MAX_CHUNK, Reorder, Sizer, SourceReader, Window
@@ -47,6 +46,9 @@ from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
 from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, chunk_nbytes
 from ._transport import nbytes as item_nbytes
 from ._types import ErrorRecord, StageSnapshot, weight
+
+if TYPE_CHECKING:
+    from ._backends._ray import RayEngine
 
 #: Seconds `Execution.close` waits for workers before giving up on them (RELIABILITY 3).
 CLOSE_TIMEOUT = 5.0
@@ -714,7 +716,7 @@ class Execution:
         budget = default_budget() if memory is None else memory
         self.shm_budget = budget // max(1, senders)
         self.state = RunState()
-        self.seed = seed if seed is not None else secrets.randbits(63)
+        self.seed = seed if seed is not None else random.SystemRandom().getrandbits(63)
         self.failure: BaseException | None = None
         self.errors: list[ErrorRecord] = []
         self.closed = False

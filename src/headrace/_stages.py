@@ -7,7 +7,6 @@ Inert: nothing here starts a thread. Imports only `_errors` and `_types`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 import os
@@ -127,6 +126,8 @@ def check_options(where: str, given: Iterable[str], known: Iterable[str], what: 
     for name in given:
         if name in names:
             continue
+        import difflib  # here: only a misspelt option needs it (workers import this module)
+
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise TypeError(

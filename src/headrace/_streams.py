@@ -2,7 +2,9 @@
 
 Owns: `Stream` (immutable; each method adds a stage downstream), `Run` (one execution: iterate,
 report, close), the sources and combinators `from_iterable`, `merge`, `zip`, the graph-level
-`run` and `to_dot`, and `rng`. Builds on the runner; nothing below imports it.
+`run` and `to_dot`, and `rng`. Builds on the runner; nothing below imports it. It imports only
+what building a graph needs (`_graph`, `_stages`): a process stage starts the forkserver as it
+is built, and the runner, the backends and the reports load afterwards, while the server boots.
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
+    from ._monitor import Report
     from ._run import Run
 
 from . import _graph
-from ._backends._base import cache_rng, item_entropy, item_rng
 from ._errors import GraphError
 from ._graph import Node, Plan, compile_plan
-from ._monitor import Report, render_dot
 from ._stages import (
     StageOptions,
     batch_body,
@@ -531,6 +533,8 @@ def render(
     ...     "abs" in path.read_text()
     True
     """
+    from ._monitor import render_dot
+
     chosen = (streams,) if isinstance(streams, Stream) else tuple(streams)
     return render_dot(to_dot(*chosen, report=report), path, format=format)
 
@@ -552,6 +556,8 @@ def rng() -> np.random.Generator:
     True
     """
     import numpy as np
+
+    from ._backends._base import cache_rng, item_entropy, item_rng
 
     entropy = item_entropy()
     if entropy is None:

@@ -9,7 +9,8 @@ other way (an older headrace's, or one a test suite made) has no known owner and
 removed. The first `make` of a process removes the stale folders it finds (what a killed
 program left is cleaned by the next one). `own_multiprocessing_tempdir` puts multiprocessing's
 own temp folder (``pymp-*``, the forkserver's socket) inside such a folder (``-mp-``), so that
-a SIGKILLed program's is removed the same way. Imports only `_shm` from headrace.
+a SIGKILLed program's is removed the same way. Imports only `_shm` from headrace, on use: the
+first process stage imports this module before it starts the forkserver, and needs none of it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ import os
 import shutil
 import tempfile
 import threading
-from pathlib import Path
-
-from ._shm import pid_alive
 
 PREFIX = "headrace-"
 
@@ -31,14 +29,21 @@ _swept = False
 _swept_lock = threading.Lock()
 
 
-def make(kind: str) -> str:
-    """A fresh private (0700) folder ``headrace-<pid>-<kind>-<random>`` in the temp dir."""
+def make(kind: str, *, sweep: bool = True) -> str:
+    """A fresh private (0700) folder ``headrace-<pid>-<kind>-<random>`` in the temp dir
+    (``sweep``: first `sweep_once`)."""
+    if sweep:
+        sweep_once()
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{kind}-")
+
+
+def sweep_once() -> None:
+    """Remove the stale folders (`sweep_stale`), the first time this process asks."""
     global _swept
     with _swept_lock:
         first, _swept = not _swept, True
     if first:
         sweep_stale()
-    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{kind}-")
 
 
 _mp_lock = threading.Lock()
@@ -50,12 +55,13 @@ def own_multiprocessing_tempdir() -> None:
     folder a SIGKILLed program leaves is removed by the next headrace run or ``headrace doctor
     --clean`` (a plain ``pymp-*`` name says nothing of its owner). Both go at a clean exit, by
     multiprocessing's own finalizer. A no-op once this process has a multiprocessing temp
-    folder (one made before headrace ran is left as it is)."""
+    folder (one made before headrace ran is left as it is). It sweeps nothing: the caller
+    calls `sweep_once` after what waits for this folder (the forkserver) is started."""
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
     with _mp_lock:
         if config.get("tempdir") is not None:
             return
-        owner = make("mp")
+        owner = make("mp", sweep=False)
         config["tempdir"] = tempfile.mkdtemp(prefix="pymp-", dir=owner)
     # multiprocessing's own clean-up of its folder runs at this priority too (-100).
     multiprocessing.util.Finalize(
@@ -76,7 +82,9 @@ def stale(folder: str | None = None) -> list[str]:
 
     Never a folder of a live process, of another user, or without an owner in its name.
     """
-    root = Path(folder if folder is not None else tempfile.gettempdir())
+    from ._shm import pid_alive  # here: see the module's docstring
+
+    root = folder if folder is not None else tempfile.gettempdir()
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -89,7 +97,7 @@ def stale(folder: str | None = None) -> list[str]:
         with contextlib.suppress(OSError):
             mine = entry.stat(follow_symlinks=False).st_uid == os.getuid()
             if mine and entry.is_dir(follow_symlinks=False) and not pid_alive(pid):
-                found.append(str(root / entry.name))
+                found.append(os.path.join(root, entry.name))
     return sorted(found)
 
 

@@ -143,3 +143,89 @@ def test_a_main_module_the_forkserver_cannot_import_fails_the_run_once(tmp_path:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "worker processes in a row died before they could start" in done.stderr
     assert "this script cannot be imported" in done.stderr  # the workers' own output
+
+
+SPAWN_ORDER = textwrap.dedent(
+    """
+    import json
+    import sys
+    from multiprocessing import util
+
+    import headrace as hr
+
+    seen = {}
+    spawn = util.spawnv_passfds
+
+    def spy(path, args, passfds):
+        if "forkserver" in args[-1]:
+            seen["at_spawn"] = sorted(m for m in sys.modules if m.startswith("headrace"))
+        return spawn(path, args, passfds)
+
+    util.spawnv_passfds = spy
+
+    if __name__ == "__main__":
+        stream = hr.from_iterable(range(10)).map(abs, workers=2, backend="process")
+        assert "at_spawn" in seen, "building a process stage starts the forkserver"
+        assert stream.collect() == list(range(10))
+        print("RESULT " + json.dumps(seen["at_spawn"]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_a_process_stage_starts_the_forkserver_before_loading_the_runner(tmp_path: Path) -> None:
+    """The forkserver boots (most of the time to the first result) while the program loads the
+    runner and the backends: building the first process stage spawns it first."""
+    done, _ = run(tmp_path, SPAWN_ORDER)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.split("RESULT ", 1)[1]))
+    assert "headrace._backends._process._start" in loaded
+    later = {
+        "headrace._backends._base",
+        "headrace._backends._process._protocol",
+        "headrace._backends._process._supervisor",
+        "headrace._backends._process._worker",
+        "headrace._monitor",
+        "headrace._run",
+        "headrace._runner",
+        "headrace._shm",
+    }
+    assert not loaded & later, sorted(loaded & later)
+
+
+TRACKER = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+    from multiprocessing import resource_tracker
+
+    import headrace as hr
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "own":
+            resource_tracker.ensure_running()  # the program's own tracker: left alone
+        stream = hr.from_iterable(range(10)).map(abs, workers=2, backend="process")
+        pid = resource_tracker._resource_tracker._pid
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+        assert stream.collect() == list(range(10))
+        print("RESULT " + json.dumps([nice, os.getpriority(os.PRIO_PROCESS, 0)]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path) -> None:
+    """The tracker that starting the forkserver starts first gets a lower priority (its imports
+    would compete with the server's); the program's own, and the program, keep theirs."""
+    from headrace._backends._process._start import TRACKER_NICE
+
+    niceness = {}
+    for case in ("started", "own"):
+        done, _ = run(tmp_path, TRACKER, case)
+        assert done.returncode == 0, done.stderr[-3000:]
+        niceness[case] = json.loads(done.stdout.split("RESULT ", 1)[1])
+    tracker, program = niceness["started"]
+    assert tracker == max(TRACKER_NICE, program) and program == os.getpriority(os.PRIO_PROCESS, 0)
+    tracker, program = niceness["own"]
+    assert tracker == program == os.getpriority(os.PRIO_PROCESS, 0)

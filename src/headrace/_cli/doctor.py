@@ -210,8 +210,7 @@ def _shm_info() -> dict[str, Any]:
 
 
 def _start_methods() -> dict[str, Any]:
-    from .._backends._process._protocol import ENV_START_METHOD
-    from .._backends._process._start import default_start_method
+    from .._backends._process._start import ENV_START_METHOD, default_start_method
 
     try:
         default: str | None = default_start_method()

@@ -22,11 +22,12 @@ their `logging` records to the parent.
 
 Modules: `_protocol` (what crosses between the two sides), `_worker` (the worker program),
 `_supervisor` (the parent side), `_warm` (idle workers kept for later runs), `_start` (start
-methods), `_forkserver` (what the forkserver imports first).
+methods), `_forkserver` (what the forkserver imports first), `_backend` (the runner's entry).
 
-This package imports its modules on first use (``__getattr__``): the forkserver imports the
-worker program, and a worker should not pay for the parent side (the supervisor, its threads
-and clean-up), nor the parent for all of it while it only builds a pipeline.
+This package imports its modules on first use (``__getattr__``), and nothing at its top: the
+forkserver imports the worker program, and a worker should not pay for the parent side (the
+supervisor, its threads and clean-up); the parent's first process stage starts the forkserver
+(`_start`) before it imports the rest, which it then does while the server boots.
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .._base import Backend, StageWork, Workers
-from ._protocol import BATCH_S, DEPTH, START_METHODS, WINDOW_BYTES
-
 if TYPE_CHECKING:
-    from ..._stages import StageOptions
-    from ._start import default_start_method, prestart
+    from ._backend import ProcessBackend
+    from ._start import START_METHODS, default_start_method, prestart
     from ._supervisor import Proc, ProcessWorkers
     from ._warm import WARM, WarmWorkers, release_warm
 
@@ -57,6 +55,8 @@ __all__ = [
 
 #: Name -> the module of this package that defines it, imported when the name is first used.
 _LAZY = {
+    "ProcessBackend": "_backend",
+    "START_METHODS": "_start",
     "default_start_method": "_start",
     "prestart": "_start",
     "Proc": "_supervisor",
@@ -74,20 +74,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-
-
-class ProcessBackend(Backend):
-    name = "process"
-    runs_tail = True
-
-    def start(self, work: StageWork) -> Workers:
-        from ._supervisor import ProcessWorkers
-
-        return ProcessWorkers(work)
-
-    chunk_s = BATCH_S
-
-    def window(self, options: StageOptions) -> tuple[int, int | None]:
-        if options.timeout is not None:
-            return 2 * options.workers, WINDOW_BYTES
-        return (DEPTH + 1) * options.workers, WINDOW_BYTES

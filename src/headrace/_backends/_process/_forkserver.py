@@ -24,8 +24,7 @@ Two things happen here, in the server, before it forks a worker:
    it is imported (no main guard) is stopped here by `MainStartsRun`: the server gives up on
    it, and each worker reports the missing guard as before.
 
-Imports nothing of headrace at its top; `import_main` imports `_protocol` (loaded already:
-the package imports it).
+Imports nothing of headrace (`_start`'s guard reads `IMPORTING_MAIN` here).
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ MAIN_ENV = "HEADRACE_FORKSERVER_MAIN"
 #: sys.argv), the server imports nothing more and each worker imports the main module.
 MAX_SPEC = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+#: True while this server imports the program's main module (`_start`'s guard reads it).
+IMPORTING_MAIN = False
 
 
 def die_with_parent() -> None:
@@ -109,16 +110,15 @@ def import_main() -> None:
 
 
 def _import_program(spec: dict[str, Any]) -> None:
+    global IMPORTING_MAIN
     from multiprocessing import process, spawn, util
-
-    from . import _protocol
 
     util._close_stdin()  # type: ignore[attr-defined]  # as in a worker: not for the script
     sys.path[:] = [str(entry) for entry in spec["sys_path"]]  # what a worker sets
     sys.argv[:] = [str(entry) for entry in spec["sys_argv"]]
     current = process.current_process()
     current._inheriting = True  # type: ignore[attr-defined]  # as in a worker's bootstrap
-    _protocol.SERVER_IMPORTING_MAIN = True
+    IMPORTING_MAIN = True
     try:
         old_main = sys.modules["__main__"]
         try:
@@ -133,7 +133,7 @@ def _import_program(spec: dict[str, Any]) -> None:
             with contextlib.suppress(BaseException):  # a worker imports it, and says why not
                 importlib.import_module(str(module))
     finally:
-        _protocol.SERVER_IMPORTING_MAIN = False
+        IMPORTING_MAIN = False
         del current._inheriting  # type: ignore[attr-defined]
         for stream in (sys.stdout, sys.stderr):  # or each worker would print it again
             with contextlib.suppress(Exception):

@@ -13,11 +13,8 @@ the seconds it took; `Again` asks for a chunk the worker could not unpickle whol
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing.process
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -70,54 +67,8 @@ MAX_WARM = max(4, 2 * (os.cpu_count() or 1))
 STOP_GRACE_S = 0.2
 #: How long a worker flushes its transform outputs at the latest.
 FLUSH_S = 0.005
-START_METHODS = ("forkserver", "spawn", "fork")
-ENV_START_METHOD = "HEADRACE_START_METHOD"
 _PR_SET_PDEATHSIG = 1
 _IDLE = -1
-#: The exit code of a worker process that, while importing the program's main script (spawn
-#: and forkserver workers do), was asked to start process workers itself: the script runs its
-#: pipeline at import, without an ``if __name__ == "__main__":`` guard. Its supervisor says so.
-NO_GUARD_EXIT = 87
-NO_GUARD_HINT = 'add `if __name__ == "__main__":` above the code that runs the pipeline'
-
-
-# --- the main-script guard ---------------------------------------------------------------------
-
-
-#: True while the forkserver imports the program's main module (set by `_forkserver`).
-SERVER_IMPORTING_MAIN = False
-
-
-class MainStartsRun(BaseException):
-    """Raised in the forkserver when the program's main module, as the server imports it,
-    starts process workers (no main guard): the server gives that import up, and each worker
-    then re-runs the script and reports the missing guard. A `BaseException`, so that the
-    script's own ``except Exception`` does not swallow it."""
-
-
-def main_script() -> str:
-    """The program's main script, as a worker re-imports it (or a placeholder)."""
-    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
-    return str(getattr(main, "__file__", None) or "the main script")
-
-
-def exit_if_importing_main(method: str) -> None:
-    """Called before starting process workers. In a worker process that is still importing the
-    program's main script (multiprocessing calls that bootstrapping: spawn and forkserver
-    workers re-run the script's top-level code), the script is starting a pipeline at import:
-    say in one line what to do and exit with `NO_GUARD_EXIT`, which the supervisor in the
-    parent recognises (instead of crashing in multiprocessing and being restarted in a loop)."""
-    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
-        return
-    if SERVER_IMPORTING_MAIN:
-        raise MainStartsRun  # the forkserver stops importing the script (see `_forkserver`)
-    with contextlib.suppress(Exception):
-        sys.stderr.write(
-            f"headrace: this worker process (start method {method!r}) re-ran {main_script()} "
-            f"while importing it, and the script starts a pipeline at import: {NO_GUARD_HINT}\n"
-        )
-        sys.stderr.flush()
-    os._exit(NO_GUARD_EXIT)
 
 
 # --- what a worker is sent ---------------------------------------------------------------------

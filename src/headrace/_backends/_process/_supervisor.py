@@ -64,8 +64,6 @@ from ._protocol import (
     CRASH_LOOP,
     CRASH_WINDOW_S,
     DEPTH,
-    NO_GUARD_EXIT,
-    NO_GUARD_HINT,
     PIPE_BYTES,
     PIPE_SAFE,
     SLOW_CHUNK_S,
@@ -89,9 +87,8 @@ from ._protocol import (
     Spec,
     _load_error,
     _TransitError,
-    main_script,
 )
-from ._start import _context, default_start_method
+from ._start import NO_GUARD_EXIT, NO_GUARD_HINT, _context, default_start_method, main_script
 from ._warm import WARM
 from ._worker import worker_main
 
@@ -236,12 +233,21 @@ class ProcessWorkers(Workers):
         self._finalizer = multiprocessing.util.Finalize(
             self, _kill_all, args=(self._procs, self.token, self._killed), exitpriority=100
         )
-        try:  # here, in the thread that starts the run: a failure to start raises to it
-            procs = [self._start_first(slot) for slot in range(work.options.workers)]
+        # Workers start here, in the thread that starts the run: a failure to start raises to
+        # it. With the forkserver, only the first: each start waits for the server to fork it
+        # (on a first run, for the server to boot), one after another, and the first worker of
+        # the next stage, and the run, need not wait for the others; they start in their
+        # supervisor threads. (A process another start method starts from a thread that is not
+        # the main thread gets no parent-death signal: see `Proc`.)
+        procs: list[Proc | None] = []
+        try:
+            while len(procs) < work.options.workers and (not procs or self.method != "forkserver"):
+                procs.append(self._start_first(len(procs)))
         except BaseException:
             _kill_all(self._procs, self.token, self._killed)
             self._cleanup()
             raise
+        procs += [None] * (work.options.workers - len(procs))
         work.on_cancel(self.wake)
         self._threads = [
             threading.Thread(
@@ -303,9 +309,11 @@ class ProcessWorkers(Workers):
 
     # --- supervising one worker ---------------------------------------------------------
 
-    def _supervise(self, slot: int, proc: Proc) -> None:
+    def _supervise(self, slot: int, proc: Proc | None) -> None:
         idle = False  # the worker finished its job cleanly and waits for another
         try:
+            if proc is None:  # not started by the run's thread (see __init__)
+                proc = self._start(slot)
             if self.work.kind in STREAM_KINDS:
                 idle = self._run_stream(proc)
             else:
@@ -319,12 +327,14 @@ class ProcessWorkers(Workers):
         finally:
             with self._lock:
                 proc = self._procs.get(slot, proc)
-                if idle and not self.closing:  # a healthy worker: keep it for a later run
+                if idle and not self.closing and proc is not None:  # healthy: keep it for later
                     del self._procs[slot]
                     proc.ready = False
                 else:
                     idle = False
-            if idle:
+            if proc is None:
+                pass  # it could not start
+            elif idle:
                 self.pool.release_held_by(proc.pid)
                 WARM.give(proc)
             else:

@@ -16,7 +16,6 @@ crash names the item), and forwards its `logging` records to the parent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -148,6 +147,10 @@ _token: str | None = None
 
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
+        # Here: the parent imports this module (for `worker_main`) and needs no ctypes; the
+        # forkserver has it loaded already (`_forkserver.die_with_parent`).
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
