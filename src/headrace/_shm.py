@@ -197,6 +197,13 @@ def attach(name: str) -> mmap.mmap:
         os.close(fd)
 
 
+def remove(name: str) -> None:
+    """Remove one segment of this process and forget it (no error if it is gone)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(SHM_DIR / name)
+    _unregister(name)
+
+
 def remove_run(token: str) -> int:
     """Remove every segment of the run ``token`` (whichever process made it); how many."""
     removed = 0

@@ -27,7 +27,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import _shm
 from .._shm import pid_alive
+from ._stripes import create_stripes, map_stripes, stripe_lengths
 
 Kind = Literal["local", "shm", "file"]
 Storage = Literal["auto", "shm", "file"]
@@ -62,12 +63,15 @@ class Placement:
     order: Literal["C", "F"] = "C"
     writable: bool = False
     array: np.ndarray[Any, Any] | None = field(default=None, compare=False)  # local only
+    #: shm only: the segments (name, bytes) whose bytes, side by side, hold the array; empty
+    #: when ``where`` alone does.
+    parts: tuple[tuple[str, int], ...] = ()
 
     def __reduce__(self) -> Any:
         if self.kind == "local":
             raise TypeError(f"array {self.name!r} lives in this process and cannot be sent")
         fields = (self.name, self.shape, self.dtype, self.kind, self.where, self.offset)
-        return (Placement, (*fields, self.order, self.writable))
+        return (Placement, (*fields, self.order, self.writable, None, self.parts))
 
 
 def _free_shm() -> int:
@@ -86,6 +90,11 @@ def open_view(p: Placement) -> np.ndarray[Any, Any]:
         if not p.writable:
             view.flags.writeable = False
         return view
+    if p.kind == "shm" and p.parts:
+        # Through a flat uint8 array whose base is the (read-only) buffer: NumPy then refuses
+        # to make an input writable again, as with a read-only mmap.
+        flat = np.frombuffer(map_stripes(p.parts, writable=p.writable), np.uint8)
+        return np.ndarray(p.shape, p.dtype, buffer=flat, offset=p.offset, order=p.order)
     if p.kind == "shm":
         path = _shm.SHM_DIR / p.where
         memory = _shm.attach(p.where) if p.writable else _map_readonly(path)
@@ -175,7 +184,22 @@ class Store:
         use_shm = self.storage == "shm" or (
             self.storage == "auto" and size <= _free_shm() * SHM_FRACTION
         )
-        if use_shm:
+        lengths = stripe_lengths(size) if content is not None else [size]
+        if use_shm and len(lengths) > 1:
+            assert content is not None
+            names = [f"hr-{self.token}-{os.getpid()}-{self._suffix()}" for _ in lengths]
+            try:
+                create_stripes(names, lengths, content)
+            except OSError:
+                if self.storage == "shm":
+                    raise
+            else:
+                parts = tuple(zip(names, lengths, strict=True))
+                placement = Placement(
+                    name, shape, dtype, "shm", names[0], 0, "C", writable, None, parts
+                )
+                return replace(placement, array=open_view(placement))
+        elif use_shm:
             segment = f"hr-{self.token}-{os.getpid()}-{self._suffix()}"
             try:
                 memory = _shm.create(segment, size, content)

@@ -10,7 +10,9 @@ that dies is seen by the stage. Imports `_types` only.
 from __future__ import annotations
 
 import inspect
+import os
 import traceback
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any, NamedTuple
 
 from .._types import ErrorRecord
 from ._atomic import commit, discard, temporary_path
+from ._memory import give_back_memory, keep_freed_memory
 
 #: Characters of an exception message kept in an error record (RELIABILITY: records cap what
 #: they print of an item).
@@ -152,8 +155,20 @@ class FileWorker:
             (f"meta {step_name(fn)}", fn, accepted_keywords(fn)) for fn in meta
         ]
         self.control = dict(control)
+        # The program that made the job: its allocator is never tuned (see `_memory`).
+        self.owner = os.getpid()
+        self.keeping = False
+
+    def _keep_memory(self) -> None:
+        """In a worker process, before the first file: reuse freed memory from file to file,
+        until this worker is dropped at the end of its job."""
+        if os.getpid() != self.owner and keep_freed_memory():
+            weakref.finalize(self, give_back_memory)
+        self.keeping = True
 
     def __call__(self, task: FileTask) -> Outcome:
+        if not self.keeping:
+            self._keep_memory()
         control = dict(self.control)
         meta: dict[str, Any] = {}
         try:
