@@ -229,15 +229,18 @@ def collate_auto(items: list[Any], empty: Empty | None = None) -> Any:
                 out = empty((len(items), *shape), dtype)
                 if out is not None:
                     return np.stack(items, out=out)
-        shapes = {np.shape(a) for a in items}
-        if len(shapes) > 1:
+        try:
+            return np.stack(items)
+        except ValueError:
+            shapes = {np.shape(a) for a in items}  # only on failure: not on every batch
+            if len(shapes) < 2:
+                raise
             one, other = sorted(shapes, key=str)[:2]
-            raise ValueError(
-                f"batch(collate='auto') cannot stack arrays of shapes {one} and {other}: give "
-                "them one shape before the batch (pad or crop them in a map), or pass "
-                "collate=None (lists) or a collate function"
-            )
-        return np.stack(items)
+        raise ValueError(
+            f"batch(collate='auto') cannot stack arrays of shapes {one} and {other}: give "
+            "them one shape before the batch (pad or crop them in a map), or pass "
+            "collate=None (lists) or a collate function"
+        )
     if isinstance(first, Mapping):
         return {k: collate_auto([item[k] for item in items], empty) for k in first}
     if isinstance(first, tuple) and not hasattr(first, "_fields"):
