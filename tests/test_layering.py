@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 RANKS: dict[str, int] = {
     "_errors": 0,
     "_types": 1,
+    "_memory": 1,  # a worker process's allocator settings (imports nothing)
     "_graph": 2,
     "_stages": 2,
     "_transport": 3,

@@ -278,6 +278,14 @@ class SlotPool:
                 return None
             return self._make(capacity, holder)
 
+    def put(self, raw: memoryview, holder: int) -> Slot | None:
+        """A slot held for ``holder`` with ``raw`` copied in (after its header); None if
+        there is no room (the bytes then go in band)."""
+        slot = self.take(raw.nbytes, holder)
+        if slot is not None:
+            _copy_into(slot.memory, raw)
+        return slot
+
     def _free_slot(self, size: int, holder: int) -> Slot | None:
         """A free slot that fits ``size`` (at most twice as large), held for ``holder``."""
         for slot in self._slots:
@@ -625,10 +633,9 @@ def _encode(
         if place is not None:  # written in its slot already (`SlotPool.empty`)
             places.append(place)
             return False
-        slot = pool.take(raw.nbytes, holder)
+        slot = pool.put(raw, holder)
         if slot is None:
             return True
-        _copy_into(slot.memory, raw)
         taken.append(slot)
         places.append((slot.name, 0, raw.nbytes))
         return False

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .._memory import give_back_memory, keep_freed_memory
 from .._types import ErrorRecord
 from ._atomic import commit, discard, temporary_path
-from ._memory import give_back_memory, keep_freed_memory
 
 #: Characters of an exception message kept in an error record (RELIABILITY: records cap what
 #: they print of an item).

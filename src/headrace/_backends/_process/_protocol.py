@@ -1,7 +1,8 @@
 """What crosses between the parent and a worker process: the spec of a stage, the error
 codec, and the numbers both sides use. Imported by both; imports neither.
 
-    parent -> worker (task pipe):   Job, Calls (of CallEntry), Items (stream stages), End
+    parent -> worker (task pipe):   Job, Calls (of CallEntry), Items (stream stages), End;
+                                    Boxed: one of these, too large for the pipe, in a slot
     worker -> parent (result pipe): Ready, Results (of ChunkResult or Again), Outputs (stream
                                     stages), Log, Failed, SetupFailed, Finished, Idle
 
@@ -113,6 +114,15 @@ class End(NamedTuple):
     """No more input: finish the job and say `Idle`."""
 
 
+class Boxed(NamedTuple):
+    """A message larger than the pipe holds (a chunk of large records), pickled into a
+    shared-memory slot of the parent's: ``place`` is ``(slot, offset, length)``. The pipe then
+    carries only this, so the next chunk can be queued behind a running one (a large message
+    written to a busy worker would have to wait until it reads) and the bytes cross once."""
+
+    place: tuple[str, int, int]
+
+
 # worker -> parent
 
 
@@ -184,6 +194,7 @@ Message = (
     | Calls
     | Items
     | End
+    | Boxed
     | Ready
     | Results
     | Outputs

@@ -69,6 +69,7 @@ from ._protocol import (
     SLOW_CHUNK_S,
     STOP_GRACE_S,
     Again,
+    Boxed,
     CallEntry,
     Calls,
     ChunkResult,
@@ -379,6 +380,8 @@ class ProcessWorkers(Workers):
                 message = self._calls_message(chunk, proc.pid)
                 if message is None:
                     continue
+                if len(message) > self.pipe_safe:
+                    message = self._boxed(message, proc.pid)
                 if len(message) > self.pipe_safe and sent:
                     held_back = chunk
                     break
@@ -413,6 +416,14 @@ class ProcessWorkers(Workers):
                 continue
             if self._wake_r in ready and self.cancelled():
                 return False
+
+    def _boxed(self, message: bytes, pid: int) -> bytes:
+        """A message too large for the pipe, put in a slot (`Boxed`); as it is if no slot is
+        free (it then waits until the worker is idle)."""
+        slot = self.pool.put(memoryview(message), pid)
+        if slot is None:
+            return message
+        return pickle.dumps(Boxed((slot.name, 0, len(message))), protocol=5)
 
     def _await_idle(self, proc: Proc) -> bool:
         """After the end of its input: True once the worker says it is idle (healthy, ready

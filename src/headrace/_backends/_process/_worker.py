@@ -33,6 +33,7 @@ from typing import Any
 import cloudpickle
 
 from ..._errors import format_traceback
+from ..._memory import give_back_memory, keep_freed_memory
 from ..._shm import (
     Mapper,
     StagePool,
@@ -60,6 +61,7 @@ from ._protocol import (
     IDLE_S,
     MAX_BATCH,
     Again,
+    Boxed,
     Calls,
     ChunkResult,
     Failed,
@@ -89,10 +91,9 @@ def worker_main(tasks: Connection, results: Connection, alive: Connection, death
     if deathsig:
         _die_with_parent()
     threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
-    # glibc's malloc is left as it is: after a large block is freed it serves the next one from
-    # the heap, with its pages already mapped. Forcing mmap for every block above 1 MiB (to
-    # return freed memory at once) made each new array fault in every page: 2x slower to make
-    # (benchmark W2a 0.9 -> 1.6 GB/s under load), for about one array kept per worker.
+    # Each job keeps the memory it frees for its next items (`_memory`): forcing mmap for
+    # every block above 1 MiB instead (to return freed memory at once) made each new array
+    # fault in every page: 2x slower to make (benchmark W2a 0.9 -> 1.6 GB/s under load).
     try:
         while tasks.poll(IDLE_S):
             message = pickle.loads(tasks.recv_bytes())
@@ -111,6 +112,7 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
     child = ChildWork(spec, slot, tasks, results)
     logging.getLogger().handlers[:] = [PipeLogHandler(child)]
     logging.getLogger().setLevel(spec.log_level)
+    kept = keep_freed_memory()  # for this job's items; given back when it ends
     try:
         try:
             child.fn = cloudpickle.loads(spec.fn)
@@ -129,6 +131,8 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
             run_calls(child, mark=child.mark)
     finally:
         child.close()
+        if kept:
+            give_back_memory()
 
 
 def _slot_names(outputs: list[tuple[Any, ...]]) -> set[str]:
@@ -220,6 +224,9 @@ class ChildWork:
 
     def _recv(self) -> Message:
         message: Message = pickle.loads(self._tasks.recv_bytes())
+        if type(message) is Boxed:
+            # Unpickling copies the bytes out; the slot is free once the view is gone.
+            message = pickle.loads(self.mapper.view(*message.place).data)
         return message
 
     def _mark(self, seq: int) -> None:
