@@ -24,7 +24,7 @@ workers share its allocator); only on glibc (elsewhere these are no-ops).
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 from typing import Any
 
@@ -44,11 +44,20 @@ _libc: Any = None
 _holders = 0
 
 
+def _glibc_version() -> str | None:
+    """glibc's version string, None on another C library (as `platform.libc_ver` finds it
+    first, without importing `platform`)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _glibc() -> Any:
     global _libc
     if _libc is None:
         _libc = False
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        if sys.platform.startswith("linux") and _glibc_version():
             import ctypes  # here: the program imports this module and needs no ctypes
 
             try:

@@ -45,7 +45,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._types import loaded_numpy
@@ -54,7 +53,14 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-SHM_DIR = Path("/dev/shm")
+SHM_DIR = "/dev/shm"
+
+
+def shm_path(name: str) -> str:
+    """The path of segment ``name``: a string (pathlib costs the worker processes' start)."""
+    return f"{SHM_DIR}/{name}"
+
+
 #: Buffers at least this large travel through shared memory; smaller ones in the pipe (a
 #: pipe round trip of 64 KiB costs about what mapping and freeing a slot does).
 THRESHOLD = 64 * 1024
@@ -114,7 +120,7 @@ def sweep_stale() -> int:
     removed = 0
     for name in stale_segments():
         with contextlib.suppress(OSError):
-            os.unlink(SHM_DIR / name)
+            os.unlink(shm_path(name))
             removed += 1
     return removed
 
@@ -149,7 +155,7 @@ def create(name: str, size: int, content: memoryview | None = None) -> mmap.mmap
     Registered with the resource tracker before it exists: a process SIGKILLed while making it
     (a program killed early in a run, its workers with it) leaves nothing the tracker does not
     know of."""
-    path = SHM_DIR / name
+    path = shm_path(name)
     _register(name)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -188,7 +194,7 @@ def attach(name: str) -> mmap.mmap:
     """Map an existing segment of this run."""
     if not name.startswith("hr-") or "/" in name:
         raise ValueError(f"not a headrace shared-memory segment: {name!r}")
-    fd = os.open(SHM_DIR / name, os.O_RDWR)
+    fd = os.open(shm_path(name), os.O_RDWR)
     try:
         # The slot's pages exist (its sender wrote them): map them all in one call instead of
         # one page fault per 4 KiB on first read (8 MiB: 4 ms instead of 10 ms here).
@@ -200,7 +206,7 @@ def attach(name: str) -> mmap.mmap:
 def remove(name: str) -> None:
     """Remove one segment of this process and forget it (no error if it is gone)."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(SHM_DIR / name)
+        os.unlink(shm_path(name))
     _unregister(name)
 
 
@@ -216,7 +222,7 @@ def remove_run(token: str) -> int:
             # One entry that cannot be removed (another user's file under a guessed name) must
             # not stop the removal of the others.
             with contextlib.suppress(OSError):
-                os.unlink(SHM_DIR / name)
+                os.unlink(shm_path(name))
                 _unregister(name)
                 removed += 1
     return removed
@@ -334,7 +340,7 @@ class SlotPool:
 
     def _destroy(self, slot: Slot) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(SHM_DIR / slot.name)
+            os.unlink(shm_path(slot.name))
             _unregister(slot.name)
         with contextlib.suppress(BufferError):
             slot.memory.close()
@@ -467,7 +473,7 @@ class StagePool(SlotPool):
 
     def __init__(self, token: str, budget: int, directory: str) -> None:
         super().__init__(token, budget)
-        self._fd = os.open(SHM_DIR / directory, os.O_RDWR)
+        self._fd = os.open(shm_path(directory), os.O_RDWR)
         self._directory = mmap.mmap(self._fd, 0)
         self._known = 0  # directory entries mapped in this process
 

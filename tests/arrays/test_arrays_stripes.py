@@ -32,7 +32,7 @@ def segments_of(job: hr.ArrayJob) -> set[str]:
 
 
 def existing(names: list[str]) -> list[str]:
-    return [n for n in names if (_shm.SHM_DIR / n).exists()]
+    return [n for n in names if os.path.exists(_shm.shm_path(n))]
 
 
 def probe(task: int, arrays: Any) -> tuple[float, float, bool, int]:

@@ -375,7 +375,7 @@ def test_slots_are_private_random_and_reserved() -> None:
         assert names[0] != names[1] and names[0].split("-")[2] != names[1].split("-")[2]
         assert all(_shm.owner_pid(name) == os.getpid() for name in names)
         for name in names:
-            st = os.stat(_shm.SHM_DIR / name)
+            st = os.stat(_shm.shm_path(name))
             assert st.st_mode & 0o777 == 0o600
             assert st.st_blocks * 512 >= st.st_size  # the pages are allocated, not sparse
     finally:
@@ -395,16 +395,16 @@ def test_the_sweep_removes_dead_runs_only() -> None:
     dead = int(child.stdout)
     names = [f"hr-{dead}-abc-{dead}-1", f"hr-{os.getpid()}-abc-{os.getpid()}-1"]
     for name in names:
-        (_shm.SHM_DIR / name).write_bytes(b"x")
+        Path(_shm.shm_path(name)).write_bytes(b"x")
     try:
         assert names[0] in _shm.stale_segments()
         assert names[1] not in _shm.stale_segments()
         assert _shm.sweep_stale() >= 1
-        assert not (_shm.SHM_DIR / names[0]).exists()
-        assert (_shm.SHM_DIR / names[1]).exists()
+        assert not os.path.exists(_shm.shm_path(names[0]))
+        assert os.path.exists(_shm.shm_path(names[1]))
     finally:
         for name in names:
-            (_shm.SHM_DIR / name).unlink(missing_ok=True)
+            Path(_shm.shm_path(name)).unlink(missing_ok=True)
 
 
 def test_a_long_lived_program_sweeps_dead_runs_again(monkeypatch: Any) -> None:
@@ -420,7 +420,7 @@ def test_a_long_lived_program_sweeps_dead_runs_again(monkeypatch: Any) -> None:
         check=True,
     )
     dead = int(child.stdout)
-    stale = _shm.SHM_DIR / f"hr-{dead}-abc-{dead}-1"
+    stale = Path(_shm.shm_path(f"hr-{dead}-abc-{dead}-1"))
     stale.write_bytes(b"x")
     monkeypatch.setattr(_supervisor, "SWEEP_EVERY_S", 0.0, raising=False)
     try:

@@ -198,7 +198,7 @@ TRACKER = textwrap.dedent(
     import json
     import os
     import sys
-    from multiprocessing import resource_tracker
+    from multiprocessing import forkserver, resource_tracker
 
     import headrace as hr
 
@@ -209,15 +209,18 @@ TRACKER = textwrap.dedent(
         pid = resource_tracker._resource_tracker._pid
         nice = os.getpriority(os.PRIO_PROCESS, pid)
         assert stream.collect() == list(range(10))
-        print("RESULT " + json.dumps([nice, os.getpriority(os.PRIO_PROCESS, 0)]))
+        assert forkserver.resource_tracker is resource_tracker  # put back
+        server = forkserver._forkserver._forkserver_pid
+        print("RESULT " + json.dumps([nice, os.getpriority(os.PRIO_PROCESS, 0), server, pid]))
     """
 )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
 def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path) -> None:
-    """The tracker that starting the forkserver starts first gets a lower priority (its imports
-    would compete with the server's); the program's own, and the program, keep theirs."""
+    """The tracker that starting the forkserver starts is spawned after the server, not before
+    it, and gets a lower priority (its imports would compete with the server's); the program's
+    own, and the program, keep theirs."""
     from headrace._backends._process._start import TRACKER_NICE
 
     niceness = {}
@@ -225,7 +228,9 @@ def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path)
         done, _ = run(tmp_path, TRACKER, case)
         assert done.returncode == 0, done.stderr[-3000:]
         niceness[case] = json.loads(done.stdout.split("RESULT ", 1)[1])
-    tracker, program = niceness["started"]
+    tracker, program, server_pid, tracker_pid = niceness["started"]
     assert tracker == max(TRACKER_NICE, program) and program == os.getpriority(os.PRIO_PROCESS, 0)
-    tracker, program = niceness["own"]
+    assert server_pid < tracker_pid  # process ids are handed out in order
+    tracker, program, server_pid, tracker_pid = niceness["own"]
+    assert tracker_pid < server_pid
     assert tracker == program == os.getpriority(os.PRIO_PROCESS, 0)

@@ -96,7 +96,7 @@ def open_view(p: Placement) -> np.ndarray[Any, Any]:
         flat = np.frombuffer(map_stripes(p.parts, writable=p.writable), np.uint8)
         return np.ndarray(p.shape, p.dtype, buffer=flat, offset=p.offset, order=p.order)
     if p.kind == "shm":
-        path = _shm.SHM_DIR / p.where
+        path = Path(_shm.shm_path(p.where))
         memory = _shm.attach(p.where) if p.writable else _map_readonly(path)
         return np.ndarray(p.shape, p.dtype, buffer=memory, offset=p.offset, order=p.order)
     mode: Literal["r", "r+"] = "r+" if p.writable else "r"

@@ -117,7 +117,7 @@ def map_stripes(parts: tuple[tuple[str, int], ...], *, writable: bool) -> memory
     try:
         offset = 0
         for name, length in parts:
-            fd = os.open(_shm.SHM_DIR / name, os.O_RDWR if writable else os.O_RDONLY)
+            fd = os.open(_shm.shm_path(name), os.O_RDWR if writable else os.O_RDONLY)
             try:
                 got = _mmap(base + offset, length, prot, _MAP_SHARED | _MAP_FIXED, fd, 0)
             finally:

@@ -188,7 +188,7 @@ def _memory() -> dict[str, Any]:
 
 def _shm_info() -> dict[str, Any]:
     folder = _shm.SHM_DIR
-    found: dict[str, Any] = {"path": str(folder), "exists": folder.is_dir()}
+    found: dict[str, Any] = {"path": folder, "exists": os.path.isdir(folder)}
     if not found["exists"]:
         return found
     st = os.statvfs(folder)
@@ -238,7 +238,7 @@ def _leftovers(clean: bool) -> dict[str, Any]:
     sizes = 0
     for name in segments:
         with contextlib.suppress(OSError):
-            sizes += (_shm.SHM_DIR / name).stat().st_blocks * 512
+            sizes += os.stat(_shm.shm_path(name)).st_blocks * 512
     folders = _tempdirs.stale()
     found: dict[str, Any] = {
         "segments": segments,

@@ -4,7 +4,9 @@ what workers need, see `_forkserver`).
 The first process stage of a program starts the forkserver (`prestart`) while the pipeline is
 still being built, so this module imports only what that start needs: the standard library's
 `multiprocessing.forkserver` and nothing of headrace's backends. The server boots (a fresh
-interpreter and its imports, most of the time to the first result) while the program goes on.
+interpreter and its imports, most of the time to the first result) while the program goes on;
+multiprocessing's resource tracker, which the server needs only once it forks workers, is
+spawned after it and at a lower priority.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ... import _tempdirs
@@ -89,11 +91,46 @@ def _start_forkserver(ctx: Any, modules: Sequence[str]) -> None:
         os.environ[_forkserver.MAIN_ENV] = main
     try:
         with contextlib.suppress(OSError):
-            forkserver.ensure_running()
+            if tracker_started:
+                forkserver.ensure_running()
+            else:
+                with _tracker_after_server(forkserver):
+                    forkserver.ensure_running()
     finally:
         os.environ.pop(_forkserver.MAIN_ENV, None)
     if not tracker_started:
+        with contextlib.suppress(Exception):
+            resource_tracker.ensure_running()  # what `forkserver.ensure_running` starts first
         _yield_to_server(getattr(tracker, "_pid", None))
+
+
+class _LaterTracker:
+    """`multiprocessing.resource_tracker` as `forkserver.ensure_running` sees it while it
+    starts the server: its ``ensure_running`` does nothing (it is called right after), the rest
+    is the module's."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def ensure_running(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def _tracker_after_server(forkserver: Any) -> Iterator[None]:
+    """Spawn the forkserver before multiprocessing's resource tracker, not after it: the
+    server needs the tracker only when it forks a worker, and every millisecond before its
+    spawn is one more before the first result (the tracker's spawn is a fork and exec of this
+    program). Nothing else changes: the tracker starts as soon as the server is spawned."""
+    module = forkserver.resource_tracker
+    forkserver.resource_tracker = _LaterTracker(module)
+    try:
+        yield
+    finally:
+        forkserver.resource_tracker = module
 
 
 #: The niceness given to the resource tracker that starting the forkserver starts (see below).
@@ -101,10 +138,10 @@ TRACKER_NICE = 10
 
 
 def _yield_to_server(pid: int | None) -> None:
-    """Let the forkserver boot before multiprocessing's resource tracker, which
-    `forkserver.ensure_running` starts first: a third interpreter whose imports (about 55 ms
-    of CPU) compete with the server's on a machine of few cores (W6 on 2 cores: the first
-    result 60-100 ms sooner without that competition). Nothing waits for the tracker to be
+    """Let the forkserver boot before multiprocessing's resource tracker, spawned just after
+    it (`_tracker_after_server`): a third interpreter whose imports (about 55 ms of CPU)
+    compete with the server's on a machine of few cores (W6 on 2 cores: the first result
+    60-100 ms sooner without that competition). Nothing waits for the tracker to be
     up: processes write to its pipe, and it removes what a killed program left when the
     program's last process is gone. Lowered once, for good (raising it back needs
     privileges); never a tracker this program started otherwise."""
