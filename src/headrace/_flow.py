@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._transport import Cancelled, RunState, chunk_nbytes
+from ._transport import Cancelled, RunState, chunk_nbytes, wait
 
 #: Largest chunk in items. Past a few thousand the per-chunk costs (a lock, a wake-up, a pipe
 #: message) are noise; `Pool.imap` is tuned near 10,000 on small items.
@@ -72,7 +72,7 @@ class Window:
                     raise Cancelled
                 self._waiters += 1
                 try:
-                    self._cond.wait()
+                    wait(self._cond)
                 finally:
                     self._waiters -= 1
             self.held += 1

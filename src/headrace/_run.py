@@ -24,7 +24,7 @@ from ._monitor import Progress, Report
 from ._runner import CLOSE_TIMEOUT, ERROR_GRACE, Execution
 from ._shm import SHM_DIR
 from ._stages import user_stacklevel
-from ._transport import END
+from ._transport import END, acquire
 
 
 def _dot(plan: Plan, report: Report | None) -> str:
@@ -71,9 +71,9 @@ class Run:
         )
         self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
         self._ended = [False] * len(self._execution.outlets)
-        # Fetching an outlet's next chunk: one reader at a time (the others wait, then read
-        # the chunk it fetched), so that concurrent readers never drop a chunk.
-        self._fetching = threading.Lock()
+        # Fetching an outlet's next chunk: one reader of it at a time (the others wait, then
+        # read the chunk it fetched), so that concurrent readers never drop a chunk.
+        self._fetching = [threading.Lock() for _ in self._execution.outlets]
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(self._execution.snapshot, file=sys.stderr)
@@ -101,7 +101,9 @@ class Run:
     def _advance(self, outlet: int) -> bool:
         """Fetch the outlet's next chunk into its cursor; False at the end. A reader that
         finds the cursor refilled by another reader meanwhile fetches nothing."""
-        with self._fetching:
+        fetching = self._fetching[outlet]
+        acquire(fetching)  # in the main thread, a Ctrl-C is seen while it waits
+        try:
             if operator.length_hint(self._cursors[outlet]):
                 return True
             if self._ended[outlet]:
@@ -118,6 +120,8 @@ class Run:
                 return False
             self._cursors[outlet] = iter(values)
             return True
+        finally:
+            fetching.release()
 
     def next_of(self, outlet: int) -> Any:
         """The next item of the terminal stream at position ``outlet`` (in the order the

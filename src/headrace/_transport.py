@@ -2,7 +2,8 @@
 
 Owns: `Channel` (bounded, many producers, end-of-stream once every producer closed, a consumer
 that can detach), `ZipChannel` (joins the items of several inputs by item index), `RunState`
-(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END` and `nbytes`.
+(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END`, `nbytes`, and `wait` and
+`acquire`, the waits that leave the main thread free to take a signal (Ctrl-C).
 
 The unit of transfer is a chunk: a pair ``(keys, values)`` of equal length, where ``keys``
 are the items' indices (a `range` when they are consecutive) and ``values`` a list. A put or
@@ -34,6 +35,9 @@ END: Final = _End()
 #: Seconds `RunState.cancel` tries for each lock it wakes waiters under before it goes on.
 CANCEL_LOCK_S = 0.05
 
+#: The longest the main thread sleeps on a lock before it looks for a signal again (`wait`).
+SIGNAL_CHECK_S = 0.1
+
 #: A chunk: the items' indices and their values.
 Chunk = tuple[Sequence[int], list[Any]]
 
@@ -44,6 +48,29 @@ class Cancelled(Exception):
 
 class StopStage(Exception):
     """Raised inside a stage when nobody reads its outputs any more (e.g. after a take)."""
+
+
+def wait(condition: threading.Condition) -> None:
+    """``condition.wait()`` (the caller looks again, on any wake-up); in the main thread it
+    wakes at least every `SIGNAL_CHECK_S`. CPython runs a signal's handler in the main thread,
+    between bytecodes: a Ctrl-C that reaches the program as its main thread goes to sleep on a
+    lock (one that lands while the thread waits for the GIL behind a busy worker, or that the
+    kernel hands to another thread) is seen only when the thread next wakes. A reader of an
+    endless run that outputs nothing would never wake; with this it wakes, and raises
+    KeyboardInterrupt, within `SIGNAL_CHECK_S`."""
+    if threading.current_thread() is threading.main_thread():
+        condition.wait(SIGNAL_CHECK_S)
+    else:
+        condition.wait()
+
+
+def acquire(lock: threading.Lock) -> None:
+    """``lock.acquire()``; in the main thread, a signal is seen while it waits (see `wait`)."""
+    if threading.current_thread() is threading.main_thread():
+        while not lock.acquire(timeout=SIGNAL_CHECK_S):
+            pass
+    else:
+        lock.acquire()
 
 
 class RunState:
@@ -169,7 +196,7 @@ class Channel:
                     raise Cancelled
                 self._putters += 1
                 try:
-                    self._not_full.wait()
+                    wait(self._not_full)
                 finally:
                     self._putters -= 1
             self.blocked_s += time.perf_counter() - start
@@ -236,7 +263,7 @@ class Channel:
                     raise Cancelled
                 self.getters += 1
                 try:
-                    self._not_empty.wait()
+                    wait(self._not_empty)
                 finally:
                     self.getters -= 1
             self.starved_s += time.perf_counter() - start

@@ -441,7 +441,8 @@ class PipeSystem:
     def close(self) -> None:
         """Wait for the run to end; raise the first error a segment raised."""
         if self._thread is not None:
-            self._thread.join()
+            while self._thread.is_alive():  # a wait with a timeout sees Ctrl-C at once
+                self._thread.join(0.1)
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
