@@ -20,15 +20,22 @@ pytestmark = pytest.mark.timeout(90)
 RECORD = 48_000
 
 
+def tag(i: int) -> bytes:
+    """The start of record ``i``: its key, after a marker (a chunk's pickle can be searched
+    for a record)."""
+    return b"REC" + i.to_bytes(4, "little")
+
+
 def records(n: int) -> list[bytes]:
-    return [i.to_bytes(4, "little") + os.urandom(RECORD - 4) for i in range(n)]
+    return [tag(i) + os.urandom(RECORD - 7) for i in range(n)]
 
 
 def digest(record: bytes) -> str:
     return hashlib.sha256(record).hexdigest()
 
 
-def count_boxes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def count_boxes(monkeypatch: pytest.MonkeyPatch, kept: list[bytes] | None = None) -> list[int]:
+    """The sizes of the messages that went through a slot (and those messages, in ``kept``)."""
     boxed: list[int] = []
     original = ProcessWorkers._boxed
 
@@ -36,6 +43,8 @@ def count_boxes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         out = original(self, message, pid)
         if out is not message:
             boxed.append(len(message))
+            if kept is not None:
+                kept.append(bytes(message))
         return out
 
     monkeypatch.setattr(ProcessWorkers, "_boxed", counting)
@@ -67,17 +76,26 @@ def test_without_room_in_shared_memory_the_chunk_goes_down_the_pipe(
     assert not boxed
 
 
-def crash_on_seven(record: bytes) -> int:
-    key = int.from_bytes(record[:4], "little")
-    if key == 7:
+#: The record whose worker dies: past the first chunks, which are small enough for the pipe.
+CRASH = 40
+
+
+def crash_on_one(record: bytes) -> int:
+    key = int.from_bytes(record[3:7], "little")
+    if key == CRASH:
         os._exit(1)
     return key
 
 
-def test_a_worker_that_dies_with_a_boxed_chunk_loses_only_its_item() -> None:
+def test_a_worker_that_dies_with_a_boxed_chunk_loses_only_its_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    messages: list[bytes] = []
+    count_boxes(monkeypatch, messages)
     got = (
         hr.from_iterable(records(120))
-        .map(crash_on_seven, workers=2, backend="process", on_error="skip")
+        .map(crash_on_one, workers=2, backend="process", on_error="skip")
         .collect()
     )
-    assert got == [i for i in range(120) if i != 7]
+    assert got == [i for i in range(120) if i != CRASH]
+    assert any(tag(CRASH) in m for m in messages), "the chunk that crashed was not in a slot"
