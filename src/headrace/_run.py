@@ -24,7 +24,7 @@ from ._monitor import Progress, Report
 from ._runner import CLOSE_TIMEOUT, ERROR_GRACE, Execution
 from ._shm import SHM_DIR
 from ._stages import user_stacklevel
-from ._transport import END, acquire
+from ._transport import END, wait
 
 
 def _dot(plan: Plan, report: Report | None) -> str:
@@ -72,8 +72,12 @@ class Run:
         self._cursors: list[Iterator[Any]] = [iter(())] * len(self._execution.outlets)
         self._ended = [False] * len(self._execution.outlets)
         # Fetching an outlet's next chunk: one reader of it at a time (the others wait, then
-        # read the chunk it fetched), so that concurrent readers never drop a chunk.
-        self._fetching = [threading.Lock() for _ in self._execution.outlets]
+        # read the chunk it fetched), so that concurrent readers never drop a chunk. A flag
+        # per outlet under one condition, not a lock held while fetching: a reader waiting its
+        # turn in the main thread must see Ctrl-C (`wait`), and one interrupted just after it
+        # got its turn must not keep it.
+        self._turns = threading.Condition(threading.Lock())
+        self._fetching = [False] * len(self._execution.outlets)
         self._progress: Progress | None = None
         if progress:
             self._progress = Progress(self._execution.snapshot, file=sys.stderr)
@@ -101,9 +105,12 @@ class Run:
     def _advance(self, outlet: int) -> bool:
         """Fetch the outlet's next chunk into its cursor; False at the end. A reader that
         finds the cursor refilled by another reader meanwhile fetches nothing."""
-        fetching = self._fetching[outlet]
-        acquire(fetching)  # in the main thread, a Ctrl-C is seen while it waits
+        mine = False
         try:
+            with self._turns:
+                while self._fetching[outlet]:
+                    wait(self._turns)  # in the main thread, a Ctrl-C is seen while it waits
+                self._fetching[outlet] = mine = True  # no signal can land between the two
             if operator.length_hint(self._cursors[outlet]):
                 return True
             if self._ended[outlet]:
@@ -121,7 +128,10 @@ class Run:
             self._cursors[outlet] = iter(values)
             return True
         finally:
-            fetching.release()
+            if mine:
+                with self._turns:
+                    self._fetching[outlet] = False
+                    self._turns.notify_all()
 
     def next_of(self, outlet: int) -> Any:
         """The next item of the terminal stream at position ``outlet`` (in the order the

@@ -2,8 +2,8 @@
 
 Owns: `Channel` (bounded, many producers, end-of-stream once every producer closed, a consumer
 that can detach), `ZipChannel` (joins the items of several inputs by item index), `RunState`
-(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END`, `nbytes`, and `wait` and
-`acquire`, the waits that leave the main thread free to take a signal (Ctrl-C).
+(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END`, `nbytes`, and `wait`, the
+wait that leaves the main thread free to take a signal (Ctrl-C).
 
 The unit of transfer is a chunk: a pair ``(keys, values)`` of equal length, where ``keys``
 are the items' indices (a `range` when they are consecutive) and ``values`` a list. A put or
@@ -62,15 +62,6 @@ def wait(condition: threading.Condition) -> None:
         condition.wait(SIGNAL_CHECK_S)
     else:
         condition.wait()
-
-
-def acquire(lock: threading.Lock) -> None:
-    """``lock.acquire()``; in the main thread, a signal is seen while it waits (see `wait`)."""
-    if threading.current_thread() is threading.main_thread():
-        while not lock.acquire(timeout=SIGNAL_CHECK_S):
-            pass
-    else:
-        lock.acquire()
 
 
 class RunState:
