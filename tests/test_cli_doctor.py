@@ -66,7 +66,7 @@ def test_leftovers_of_dead_programs_are_found_and_cleaned(tmp_path: Path) -> Non
     (tmp / f"headrace-{live}-demo-efgh").mkdir()
     (tmp / "headrace-tests-ijkl").mkdir()  # no owner in the name: never removed
     pre = (
-        "from pathlib import Path\nimport headrace._shm\nimport headrace._cli.doctor as d\n"
+        "import headrace._shm\nimport headrace._cli.doctor as d\n"
         f"headrace._shm.SHM_DIR = {str(shm)!r}\n"
         "d.KNOWN_BUGS = ()  # this interpreter's own bugs are not what this test checks"
     )
