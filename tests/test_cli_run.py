@@ -19,6 +19,7 @@ TIMEOUT_S = 45
 PIPELINE = textwrap.dedent(
     """
     import itertools
+    import sys
 
     import headrace as hr
 
@@ -44,7 +45,9 @@ PIPELINE = textwrap.dedent(
 
 
     def show(x):
-        print("item", x, flush=True)
+        # One write: print() makes several, and the command prints its own lines meanwhile.
+        sys.stdout.write(f"item {x}\\n")
+        sys.stdout.flush()
 
 
     stream = hr.from_iterable(range(20)).map(square, workers=2, backend="process", name="square")
