@@ -148,6 +148,17 @@ def kill_marked(mark: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def end_scenario(proc: subprocess.Popen[str], mark: str) -> None:
+    """Kill what a scenario started (it may have failed half-way) and reap its program."""
+    kill_marked(mark)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def environment(mark: str, start_method: str) -> dict[str, str]:
     env = dict(os.environ, **{MARK: mark, "HEADRACE_START_METHOD": start_method})
     return env

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from faults import kill_marked, run_scenario, start_scenario, wait_gone
+from faults import end_scenario, run_scenario, start_scenario, wait_gone
 
 from headrace import _tempdirs
 
@@ -370,7 +370,7 @@ def test_dropped_iterator_and_interpreter_exit_without_close() -> None:
     try:
         out, err = proc.communicate(timeout=30)
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert proc.returncode == 0, err
     assert out.split() == ["0", "1"]
     assert not wait_gone(mark, 2.0)
@@ -397,7 +397,7 @@ def test_workers_killed_at_exit_are_not_replaced() -> None:
     try:
         out, err = proc.communicate(timeout=30)
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert proc.returncode == 0, err
     assert out.split() == ["ALIVE", "0"], (out, err[-2000:])
     assert not wait_gone(mark, 2.0)
@@ -467,7 +467,7 @@ def test_ctrl_c_to_the_process_group(presses: int) -> None:
         _, err = proc.communicate(timeout=10)
         took = time.monotonic() - start
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert took < 2.0, took  # the contract says 1 s; CI machines are slow
     assert err.count("KeyboardInterrupt") == 1, err
     assert err.count("Traceback") == 1, err
@@ -499,7 +499,7 @@ def test_two_ctrl_c_at_random_moments_never_hang() -> None:
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"attempt {attempt}: hung after two Ctrl-C") from None
         finally:
-            kill_marked(mark)
+            end_scenario(proc, mark)
         assert not wait_gone(mark, 2.0), f"attempt {attempt}: workers left"
 
 
@@ -529,7 +529,7 @@ def test_workers_exit_when_the_parent_is_killed() -> None:
         while time.monotonic() < deadline and shm_before & set(os.listdir("/dev/shm")):
             time.sleep(0.05)
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert not left, f"workers still alive 2 s after their parent was killed: {left}"
     assert not shm_before & set(os.listdir("/dev/shm"))
     assert_swept(proc.pid)
@@ -569,7 +569,7 @@ def test_a_whole_group_killed_leaves_nothing_after_the_next_run() -> None:
         )
         assert after.stdout.strip() == "[0, 1, 2]", after.stderr
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
@@ -595,7 +595,7 @@ def test_a_worker_in_a_c_call_dies_with_its_killed_parent() -> None:
         proc.communicate(timeout=10)
         left = wait_gone(mark, 5.0)
     finally:
-        kill_marked(mark)
+        end_scenario(proc, mark)
     assert not left, f"still alive 5 s after the program was killed: {left}"
     assert_swept(proc.pid)
 
