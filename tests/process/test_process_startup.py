@@ -55,7 +55,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(tmp_path: Path, script: str, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+def run(
+    tmp_path: Path, script: str, *args: str, **extra_env: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
     (tmp_path / "helper.py").write_text(HELPER, encoding="utf-8")
     (tmp_path / "userscript.py").write_text(script, encoding="utf-8")
     marks = tmp_path / "marks.txt"
@@ -64,6 +66,7 @@ def run(tmp_path: Path, script: str, *args: str) -> tuple[subprocess.CompletedPr
     drop = ("HEADRACE_START_METHOD", "PYTHONUNBUFFERED")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["MARKS"] = str(marks)
+    env.update(extra_env)
     done = subprocess.run(
         [sys.executable, str(tmp_path / "userscript.py"), *args],
         cwd=tmp_path,
@@ -193,6 +196,41 @@ def test_a_process_stage_starts_the_forkserver_before_loading_the_runner(tmp_pat
     assert not loaded & later, sorted(loaded & later)
 
 
+BY_VALUE = textwrap.dedent(
+    """
+    import sys
+
+    import headrace as hr
+    from helper import inc
+
+    def local(x):
+        return x + 1
+
+    if __name__ == "__main__":
+        fn = local if sys.argv[1] == "main" else inc
+        assert hr.from_iterable(range(30)).map(fn, workers=3, backend="process").collect() == [
+            x + 1 for x in range(30)
+        ]
+        print("RESULT ok")
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers: Linux")
+@pytest.mark.parametrize(("where", "imports"), [("main", 2), ("helper", 1)])
+def test_cloudpickle_is_imported_by_the_server_only_for_a_function_sent_by_value(
+    tmp_path: Path, where: str, imports: int
+) -> None:
+    """cloudpickle's imports are a good part of a worker's start-up, and plain pickle loads a
+    function sent by reference (one of an importable module): the workers import cloudpickle
+    only for one sent by value (here, of the main script), and then the server has it loaded
+    already (the program imports it too: one import each, none in the three workers)."""
+    done, _ = run(tmp_path, BY_VALUE, where, PYTHONPROFILEIMPORTTIME="1")
+    assert done.returncode == 0 and "RESULT ok" in done.stdout, done.stderr[-3000:]
+    # -X importtime prints a line per module imported; the package's own may come nested.
+    assert done.stderr.count(" cloudpickle.cloudpickle\n") == imports, done.stderr[-3000:]
+
+
 TRACKER = textwrap.dedent(
     """
     import json
@@ -234,3 +272,25 @@ def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path)
     tracker, program, server_pid, tracker_pid = niceness["own"]
     assert tracker_pid < server_pid
     assert tracker == program == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _local() -> None:
+    pass
+
+
+def test_sent_by_value_tells_what_cloudpickle_sends_by_value() -> None:
+    import functools
+    import os.path
+
+    from headrace._backends._process._start import sent_by_value
+
+    assert not sent_by_value(abs)
+    assert not sent_by_value(os.path.join)
+    assert not sent_by_value(_local)  # a function of an importable module: by reference
+    assert sent_by_value(lambda x: x)
+    assert sent_by_value(functools.partial(abs))  # erring towards by value
+    _local.__qualname__ = "renamed"  # not found where its name says: by value
+    try:
+        assert sent_by_value(_local)
+    finally:
+        _local.__qualname__ = "_local"

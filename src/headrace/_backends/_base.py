@@ -18,6 +18,7 @@ Must not import the runner or any feature module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import pickle
@@ -30,8 +31,6 @@ from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
-
-import cloudpickle
 
 from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
 from .._stages import Empty, StageOptions, collate_auto, identity_body
@@ -574,34 +573,48 @@ def cache_rng(entropy: tuple[int, int, int], rng: Any) -> None:
 # --- what crosses to a worker elsewhere: the function, and errors with their types ------------
 
 
-def _code_reduce(code: types.CodeType) -> Any:
-    """cloudpickle's reduction of a code object, with its real file name: cloudpickle writes
-    ``<dynamic-code>`` there (for byte-identical payloads), and a worker's traceback would then
-    show neither the file nor the source line of the user's function."""
-    reduced = _CLOUD_CODE_REDUCE(code)
-    args = tuple(code.co_filename if a == _DYNAMIC else a for a in reduced[1])
-    return (reduced[0], args, *reduced[2:])
+def cloudpickle_dumps(obj: Any, protocol: int = 5, **kwargs: Any) -> bytes:
+    """``cloudpickle.dumps``, imported on first use: a worker needs it only for what plain
+    pickle refuses (a lambda, a local class), and its imports are a third of a worker
+    program's start-up."""
+    import cloudpickle
 
-
-_CLOUD_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
-_DYNAMIC = "<dynamic-code>"
-
-
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, keeping the file names of the functions it sends by value."""
-
-    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
-        {types.CodeType: _code_reduce} if _CLOUD_CODE_REDUCE else {},
-        cloudpickle.Pickler.dispatch_table,
-    )
+    return bytes(cloudpickle.dumps(obj, protocol=protocol, **kwargs))
 
 
 def dumps_keeping_files(obj: Any) -> bytes:
     """``cloudpickle.dumps(obj, protocol=5)``, except that functions sent by value keep their
     file name (so tracebacks in workers show the user's file and source line)."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=5).dump(obj)
+    _keeping_files_pickler()(buffer, protocol=5).dump(obj)
     return buffer.getvalue()
+
+
+_DYNAMIC = "<dynamic-code>"
+
+
+@functools.cache
+def _keeping_files_pickler() -> type:
+    """cloudpickle's Pickler, keeping the file names of the functions it sends by value:
+    cloudpickle writes ``<dynamic-code>`` for a code object's file (for byte-identical
+    payloads), and a worker's traceback would then show neither the file nor the source line
+    of the user's function. Made on first use, as `cloudpickle_dumps` imports cloudpickle."""
+    import cloudpickle
+
+    cloud_reduce = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+
+    def code_reduce(code: types.CodeType) -> Any:
+        reduced = cloud_reduce(code)
+        args = tuple(code.co_filename if a == _DYNAMIC else a for a in reduced[1])
+        return (reduced[0], args, *reduced[2:])
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+            {types.CodeType: code_reduce} if cloud_reduce else {},
+            cloudpickle.Pickler.dispatch_table,
+        )
+
+    return Pickler
 
 
 def dump_callable(name: str, fn: Any) -> bytes:
@@ -637,12 +650,12 @@ def dump_error(error: BaseException) -> bytes:
     message = shorten(str(error))
     payload: bytes | None = None
     try:
-        payload = bytes(cloudpickle.dumps(error, protocol=5))
+        payload = cloudpickle_dumps(error)
         pickle.loads(payload)  # rebuilding fails for e.g. a class whose __init__ takes 2 args
     except BaseException:
         state = {k: v for k, v in vars(error).items() if _pickles(v)}
         try:
-            payload = bytes(cloudpickle.dumps((_REBUILD, type(error), error.args, state), 5))
+            payload = cloudpickle_dumps((_REBUILD, type(error), error.args, state))
         except BaseException:
             payload = None
     return pickle.dumps((payload, name, message), protocol=5)
@@ -653,7 +666,7 @@ _REBUILD = "headrace-rebuild"
 
 def _pickles(value: Any) -> bool:
     try:
-        cloudpickle.dumps(value)
+        cloudpickle_dumps(value)
     except BaseException:
         return False
     return True

@@ -62,12 +62,13 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
-def main_spec(modules: Sequence[str] = ()) -> str | None:
+def main_spec(modules: Sequence[str] = (), *, by_value: bool = False) -> str | None:
     """What a forkserver started now by this program should import (for `MAIN_ENV`): the
     program's main module, found the way multiprocessing finds it for a worker (none for
-    an interactive session, ``python -c``, a package's ``__main__``), and those of ``modules``
-    (the modules of the first process stage's function) that this program has imported; None
-    when there is nothing to import."""
+    an interactive session, ``python -c``, a package's ``__main__``), those of ``modules``
+    (the modules of the first process stage's function) that this program has imported, and
+    cloudpickle when that function crosses ``by_value`` (a worker needs cloudpickle to load
+    it, and imports it only then); None when there is nothing to import."""
     main = sys.modules.get("__main__")
     spec: dict[str, Any] = {
         "parent": os.getpid(),
@@ -88,7 +89,9 @@ def main_spec(modules: Sequence[str] = ()) -> str | None:
         and module not in ("__main__", "__mp_main__", "builtins", name)
         and module.partition(".")[0] != "headrace"
     ]
-    if "name" not in spec and "path" not in spec and not spec["modules"]:
+    if by_value:
+        spec["by_value"] = True
+    if "name" not in spec and "path" not in spec and not spec["modules"] and not by_value:
         return None
     # A Python literal, read back with ast.literal_eval: the server has `ast` loaded already
     # (dataclasses imports it), json it would import first.
@@ -129,7 +132,7 @@ def _import_program(spec: dict[str, Any]) -> None:
         except BaseException:  # no guard, or it fails: each worker imports it itself
             sys.modules["__main__"] = old_main
             sys.modules.pop("__mp_main__", None)
-        for module in spec["modules"]:
+        for module in spec["modules"] + (["cloudpickle"] if spec.get("by_value") else []):
             with contextlib.suppress(BaseException):  # a worker imports it, and says why not
                 importlib.import_module(str(module))
     finally:

@@ -46,7 +46,7 @@ def default_start_method() -> str:
     return "spawn"
 
 
-def _context(method: str, modules: Sequence[str] = ()) -> Any:
+def _context(method: str, modules: Sequence[str] = (), by_value: bool = False) -> Any:
     exit_if_importing_main(method)  # a worker re-running an unguarded main script ends here
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {method!r} is not available here")
@@ -56,7 +56,7 @@ def _context(method: str, modules: Sequence[str] = ()) -> Any:
         from multiprocessing import forkserver
 
         if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
-            _start_forkserver(ctx, modules)
+            _start_forkserver(ctx, modules, by_value)
     _tempdirs.sweep_once()  # what killed programs left: after the server is on its way
     if method == "fork":
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
@@ -70,7 +70,7 @@ def _context(method: str, modules: Sequence[str] = ()) -> Any:
     return ctx
 
 
-def _start_forkserver(ctx: Any, modules: Sequence[str]) -> None:
+def _start_forkserver(ctx: Any, modules: Sequence[str], by_value: bool) -> None:
     """Start the forkserver now, without waiting for its imports. It imports the program's
     main module and the worker program once (see `_forkserver`), and dies with this program
     when its main thread starts it. A server that cannot start (e.g. its socket path in a long
@@ -86,7 +86,7 @@ def _start_forkserver(ctx: Any, modules: Sequence[str]) -> None:
     # multiprocessing's own "__main__" preload is left out: `_forkserver` does it (the
     # server's only reader of MAIN_ENV, set just for its start).
     ctx.set_forkserver_preload([_forkserver.__name__, f"{__package__}._worker"])
-    main = _forkserver.main_spec(modules)
+    main = _forkserver.main_spec(modules, by_value=by_value)
     if main is not None:
         os.environ[_forkserver.MAIN_ENV] = main
     try:
@@ -160,7 +160,21 @@ def prestart(fn: Any = None) -> None:
     with contextlib.suppress(Exception):  # a bad $HEADRACE_START_METHOD is reported at run
         if default_start_method() == "forkserver":
             module = getattr(fn, "__module__", None)
-            _context("forkserver", [module] if isinstance(module, str) else [])  # starts it
+            modules = [module] if isinstance(module, str) else []
+            _context("forkserver", modules, fn is not None and sent_by_value(fn))  # starts it
+
+
+def sent_by_value(fn: Any) -> bool:
+    """Whether cloudpickle sends ``fn`` by value (a function of the main script, a lambda, a
+    local function, a callable object) rather than by reference to its module, as plain
+    pickle would; the cheap test, erring towards by value."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or module.__name__ == "__main__":
+        return True
+    found: Any = module
+    for part in str(getattr(fn, "__qualname__", "")).split("."):
+        found = getattr(found, part, None)
+    return found is not fn
 
 
 # --- the main-script guard ---------------------------------------------------------------------

@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cloudpickle
-
 from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
 from ..._shm import (
     HEADER,
@@ -56,6 +54,7 @@ from .._base import (
     StageWork,
     TailFigures,
     Workers,
+    cloudpickle_dumps,
     timeout_error,
 )
 from ._protocol import (
@@ -460,7 +459,7 @@ class ProcessWorkers(Workers):
                 self.pool.hold_again(places, pid)
             else:
                 try:
-                    data, places = encode(chunk.values, self.pool, pid, cloudpickle.dumps)
+                    data, places = encode(chunk.values, self.pool, pid, cloudpickle_dumps)
                 except Exception:
                     chunk.split = True
                 else:
@@ -473,7 +472,7 @@ class ProcessWorkers(Workers):
         parts, keys, values = [], [], []
         for key, value in zip(chunk.keys, chunk.values, strict=True):
             try:
-                parts.append(encode(value, self.pool, pid, cloudpickle.dumps))
+                parts.append(encode(value, self.pool, pid, cloudpickle_dumps))
             except Exception as exc:
                 error = _transit(self.work.name, key, f"item {key} could not be pickled", exc)
                 chunk.failures.append(Failure(key, error, format_traceback(exc)))
@@ -744,12 +743,12 @@ class ProcessWorkers(Workers):
         try:
             for keys, values in self.work.stream_chunks():
                 try:
-                    data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
+                    data, places = encode(values, self.pool, proc.pid, cloudpickle_dumps)
                 except Exception:  # an item cannot travel: only it fails (or, under raise, the run)
                     keys, values = self._sendable(keys, values)
                     if not values:
                         continue
-                    data, places = encode(values, self.pool, proc.pid, cloudpickle.dumps)
+                    data, places = encode(values, self.pool, proc.pid, cloudpickle_dumps)
                 proc.send(Items(keys, data, places))
             proc.send(End())
         except (Cancelled, StopStage, OSError, EOFError):
@@ -761,7 +760,7 @@ class ProcessWorkers(Workers):
         good_keys, good = [], []
         for key, value in zip(keys, values, strict=True):
             try:
-                cloudpickle.dumps(value, protocol=5)
+                cloudpickle_dumps(value)
             except Exception as exc:
                 error = _transit(self.work.name, key, f"item {key} could not be pickled", exc)
                 self.work.stream_failed(error, format_traceback(exc))

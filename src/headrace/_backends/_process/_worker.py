@@ -30,8 +30,6 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cloudpickle
-
 from ..._errors import format_traceback
 from ..._memory import give_back_memory, keep_freed_memory
 from ..._shm import (
@@ -49,6 +47,7 @@ from .._base import (
     Done,
     Failure,
     Tail,
+    cloudpickle_dumps,
     log_fields,
     run_calls,
     run_stream,
@@ -115,9 +114,9 @@ def _run_job(spec: Spec, slot: int, tasks: Connection, results: Connection) -> N
     kept = keep_freed_memory()  # for this job's items; given back when it ends
     try:
         try:
-            child.fn = cloudpickle.loads(spec.fn)
+            child.fn = pickle.loads(spec.fn)
             if spec.tail is not None:
-                child.tail = Tail(*cloudpickle.loads(spec.tail))
+                child.tail = Tail(*pickle.loads(spec.tail))
                 child.tail.empty = partial(child.pool.empty, holder=child.parent)
         except BaseException as exc:
             child.setup_failed(exc, format_traceback(exc))
@@ -292,7 +291,7 @@ class ChildWork:
         if not chunk.split:
             try:
                 for keys, values in done.outputs:
-                    data, places = encode(values, self.pool, self.parent, cloudpickle.dumps)
+                    data, places = encode(values, self.pool, self.parent, cloudpickle_dumps)
                     outputs.append((keys, False, data, places))
             except BaseException:
                 outputs = []
@@ -304,7 +303,7 @@ class ChildWork:
                 parts: list[Any] = []
                 for key, value in zip(keys, values, strict=True):
                     try:
-                        parts.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+                        parts.append(encode(value, self.pool, self.parent, cloudpickle_dumps))
                     except BaseException as exc:
                         parts.append(None)
                         if key not in bad:
@@ -345,7 +344,7 @@ class ChildWork:
     def emit(self, value: Any) -> None:
         if not self._outputs:
             self._first_output = time.monotonic()
-        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle.dumps))
+        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle_dumps))
         if len(self._outputs) >= MAX_BATCH or time.monotonic() - self._first_output > FLUSH_S:
             self.flush()
 
