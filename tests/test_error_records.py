@@ -9,7 +9,7 @@ import pytest
 import headrace as hr
 from headrace._backends._base import MAX_CROSSING_TEXT
 from headrace._errors import MAX_RECORD_TEXT, cap_text, format_traceback
-from headrace._types import ErrorRecord
+from headrace._records import ErrorRecord
 
 BIG = 2 * 2**20  # characters of each message
 

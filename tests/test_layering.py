@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 RANKS: dict[str, int] = {
     "_errors": 0,
     "_types": 1,
+    "_records": 1,  # what a run reports (not imported by process workers)
     "_memory": 1,  # a worker process's allocator settings (imports nothing)
     "_graph": 2,
     "_stages": 2,

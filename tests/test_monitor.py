@@ -16,7 +16,7 @@ import pytest
 import headrace as hr
 from headrace._errors import ClosedError
 from headrace._monitor import MAX_TABLE_ERRORS, Progress, Report
-from headrace._types import ErrorRecord, StageSnapshot
+from headrace._records import ErrorRecord, StageSnapshot
 
 REQUIRED_STAGE_KEYS = [
     "name",

@@ -25,13 +25,13 @@ from ._errors import (
     StageTimeoutError,
     WorkerCrashedError,
 )
-from ._types import ErrorRecord, StageSnapshot
 
 if TYPE_CHECKING:
     from ._arrays import ArrayJob
     from ._backends._ray import RayEngine
     from ._files import FileJob, FileResult, FileStep
     from ._monitor import Report
+    from ._records import ErrorRecord, StageSnapshot
     from ._run import Run
     from ._sampling import (
         ChainMux,
@@ -50,12 +50,14 @@ if TYPE_CHECKING:
 #: quick and a process worker (which imports the package) starts without the domains.
 _LAZY = {
     "ArrayJob": "_arrays",
+    "ErrorRecord": "_records",
     "FileJob": "_files",
     "FileResult": "_files",
     "FileStep": "_files",
     "RayEngine": "_backends._ray",
     "Report": "_monitor",
     "Run": "_run",
+    "StageSnapshot": "_records",
     **dict.fromkeys(
         [
             "ChainMux",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from headrace._errors import ClosedError
-from headrace._types import ErrorRecord, StageSnapshot
+from headrace._records import ErrorRecord, StageSnapshot
 
 __all__ = ["Progress", "Report", "render_dot"]
 
@@ -115,7 +115,7 @@ class Report:
 
     Examples
     --------
-    >>> from headrace._types import StageSnapshot
+    >>> from headrace._records import StageSnapshot
     >>> read = StageSnapshot(
     ...     name="read",
     ...     kind="map",
@@ -410,7 +410,7 @@ class Progress:
     Examples
     --------
     >>> import io
-    >>> from headrace._types import StageSnapshot
+    >>> from headrace._records import StageSnapshot
     >>> read = StageSnapshot(
     ...     name="read",
     ...     kind="map",
@@ -571,7 +571,7 @@ def _plain_line(elapsed_s: float, stages: Sequence[StageSnapshot]) -> str:
 
     Examples
     --------
-    >>> from headrace._types import StageSnapshot
+    >>> from headrace._records import StageSnapshot
     >>> fields = dict(kind="map", backend="thread", workers=1, items_in=5, completed=5)
     >>> fields |= dict(dropped=0, cancelled=0, busy_s=0.1, starved_s=0.0, blocked_s=0.0)
     >>> fields |= dict(items_per_s=50.0, fill=0, peak_fill=1, capacity=8)

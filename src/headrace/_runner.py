@@ -41,11 +41,12 @@ from ._backends._thread import ThreadBackend
 from ._errors import ClosedError, deliver, format_traceback, shorten
 from ._flow import CHUNK_BYTES, MAX_CHUNK, Reorder, Sizer, SourceReader, Window
 from ._graph import Node, Plan
+from ._records import ErrorRecord, StageSnapshot
 from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
 from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, chunk_nbytes
 from ._transport import nbytes as item_nbytes
-from ._types import ErrorRecord, StageSnapshot, weight
+from ._types import weight
 
 if TYPE_CHECKING:
     from ._backends._ray import RayEngine

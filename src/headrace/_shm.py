@@ -44,7 +44,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._types import loaded_numpy
@@ -228,11 +227,15 @@ def remove_run(token: str) -> int:
     return removed
 
 
-@dataclass(slots=True)
 class Slot:
-    name: str
-    capacity: int
-    memory: mmap.mmap
+    """One segment: its name, its capacity in bytes (after the header), its mapping."""
+
+    __slots__ = ("capacity", "memory", "name")
+
+    def __init__(self, name: str, capacity: int, memory: mmap.mmap) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.memory = memory
 
     @property
     def state(self) -> int:

@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ._types import BACKENDS, ON_ERROR, Collated, loaded_numpy
@@ -55,20 +54,76 @@ def min_items(workers: int) -> int:
     return max(2, 2 * workers)
 
 
-@dataclass(frozen=True)
+#: The keyword options of every stage, in the order the documentation lists them.
+STAGE_OPTIONS = (
+    "workers",
+    "backend",
+    "ordered",
+    "maxsize",
+    "on_error",
+    "retries",
+    "timeout",
+    "name",
+)
+
+
 class StageOptions:
-    """The options every stage takes, validated when the stage is built."""
+    """The options every stage takes, validated when the stage is built; read-only.
 
-    workers: int = 1
-    backend: str = "thread"
-    ordered: bool = True
-    maxsize: int | None = None
-    on_error: str = "raise"
-    retries: int = 0
-    timeout: float | None = None
-    name: str | None = None
+    A plain class rather than a frozen dataclass: process workers import this module, and
+    the dataclasses module's imports are a good part of a worker's start-up.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = STAGE_OPTIONS
+    workers: int
+    backend: str
+    ordered: bool
+    maxsize: int | None
+    on_error: str
+    retries: int
+    timeout: float | None
+    name: str | None
+
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        backend: str = "thread",
+        ordered: bool = True,
+        maxsize: int | None = None,
+        on_error: str = "raise",
+        retries: int = 0,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.__setstate__((workers, backend, ordered, maxsize, on_error, retries, timeout, name))
+        self._check()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, option) for option in STAGE_OPTIONS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for option, value in zip(STAGE_OPTIONS, state, strict=True):
+            object.__setattr__(self, option, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"stage options are read-only: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not StageOptions:
+            return NotImplemented
+        return self.__getstate__() == other.__getstate__()
+
+    def __hash__(self) -> int:
+        return hash(self.__getstate__())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{o}={v!r}" for o, v in zip(STAGE_OPTIONS, self.__getstate__(), strict=True)
+        )
+        return f"StageOptions({shown})"
+
+    def _check(self) -> None:
         _check_int("workers", self.workers, minimum=1)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
@@ -106,10 +161,6 @@ class StageOptions:
     def byte_bound(self) -> int | None:
         """Bytes of array data the output channel holds at most (None: items only)."""
         return None if self.maxsize is not None else AUTO_BYTES
-
-
-#: The keyword options of every stage, in the order the documentation lists them.
-STAGE_OPTIONS = tuple(StageOptions.__dataclass_fields__)
 
 
 def check_options(where: str, given: Iterable[str], known: Iterable[str], what: str) -> None:

@@ -29,7 +29,6 @@ from abc import ABC, abstractmethod
 from array import array
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
@@ -37,52 +36,78 @@ from .._stages import Empty, StageOptions, collate_auto, identity_body
 from .._transport import Cancelled, StopStage, chunk_nbytes
 from .._types import Collated
 
+# The records below are plain classes with slots, not dataclasses: process workers import
+# this module, and the dataclasses module's imports are a good part of a worker's start-up.
 
-@dataclass(slots=True)
+
 class Failure:
     """One item that failed: its index, the exception, the worker's traceback text."""
 
-    key: int
-    error: BaseException
-    traceback: str
+    __slots__ = ("error", "key", "traceback")
+
+    def __init__(self, key: int, error: BaseException, traceback: str) -> None:
+        self.key = key
+        self.error = error
+        self.traceback = traceback
 
 
-@dataclass(slots=True)
 class Chunk:
     """Consecutive items of one stage's input: ``seq`` is the chunk's position in it, ``keys``
     the items' indices (a range when consecutive). ``failures``: items of the chunk already
-    settled before it runs (e.g. an item that could not be sent to a worker process)."""
+    settled before it runs (e.g. an item that could not be sent to a worker process).
+    ``split``: sent to a worker process item by item (an item or a result of it could not
+    cross whole), so that only the item at fault fails. ``base``: with a `Tail` that batches,
+    the position its first output is expected to have in the batch stage's input (-1: none).
+    ``sent``: a process stage's encoding of ``values`` (data, shared-memory places), kept to
+    send it again; data None once ``values`` changed (its slots are still pinned)."""
 
-    seq: int
-    keys: Sequence[int]
-    values: list[Any]
-    nbytes: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    #: Sent to a worker process item by item (an item or a result of it could not cross
-    #: whole), so that only the item at fault fails.
-    split: bool = False
-    #: With a `Tail` that batches: the position its first output is expected to have in the
-    #: batch stage's input (-1: none).
-    base: int = -1
-    #: A process stage's encoding of ``values`` (data, shared-memory places), kept to send it
-    #: again; data None once ``values`` changed (its slots are still pinned).
-    sent: tuple[bytes | None, list[Any]] | None = None
+    __slots__ = ("base", "failures", "keys", "nbytes", "sent", "seq", "split", "values")
+
+    def __init__(
+        self,
+        seq: int,
+        keys: Sequence[int],
+        values: list[Any],
+        nbytes: int = 0,
+        failures: list[Failure] | None = None,
+        split: bool = False,
+        base: int = -1,
+    ) -> None:
+        self.seq = seq
+        self.keys = keys
+        self.values = values
+        self.nbytes = nbytes
+        self.failures: list[Failure] = [] if failures is None else failures
+        self.split = split
+        self.base = base
+        self.sent: tuple[bytes | None, list[Any]] | None = None
 
 
-@dataclass(slots=True)
 class Done:
     """What became of a chunk: ``outputs`` per port (keys, values), the items completed or
-    dropped (a filter's no), and the failures, in item order."""
+    dropped (a filter's no), and the failures, in item order. ``nbytes``: bytes of array data
+    in the outputs (-1: not counted yet); ``tail``: what the stages of the worker's `Tail` did
+    with the outputs (None: no tail)."""
 
-    chunk: Chunk
-    outputs: list[tuple[Sequence[int], list[Any]]]
-    completed: int
-    dropped: int = 0
-    errors: list[Failure] = field(default_factory=list)
-    busy_s: float = 0.0
-    nbytes: int = -1  # bytes of array data in the outputs (-1: not counted yet)
-    #: What the stages of the worker's `Tail` did with the outputs (None: no tail).
-    tail: list[TailFigures] | None = None
+    __slots__ = ("busy_s", "chunk", "completed", "dropped", "errors", "nbytes", "outputs", "tail")
+
+    def __init__(
+        self,
+        chunk: Chunk,
+        outputs: list[tuple[Sequence[int], list[Any]]],
+        completed: int,
+        dropped: int = 0,
+        errors: list[Failure] | None = None,
+        busy_s: float = 0.0,
+    ) -> None:
+        self.chunk = chunk
+        self.outputs = outputs
+        self.completed = completed
+        self.dropped = dropped
+        self.errors: list[Failure] = [] if errors is None else errors
+        self.busy_s = busy_s
+        self.nbytes = -1
+        self.tail: list[TailFigures] | None = None
 
 
 def failed(chunk: Chunk, failure: Failure, ports: int, busy_s: float = 0.0) -> Done:
@@ -359,28 +384,43 @@ def log_fields(record: logging.LogRecord) -> dict[str, Any]:
 # --- a tail: the cheap stages that follow a process stage, run in its workers -----------------
 
 
-@dataclass(frozen=True)
 class TailStage:
     """An inline ``map`` or ``filter`` that runs in the workers of the stage before it."""
 
-    name: str
-    kind: str
-    fn: Any
-    options: StageOptions
-    position: int
-    seed: int
-    ports: int = 1
+    __slots__ = ("fn", "kind", "name", "options", "ports", "position", "seed")
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        fn: Any,
+        options: StageOptions,
+        position: int,
+        seed: int,
+        ports: int = 1,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.fn = fn
+        self.options = options
+        self.position = position
+        self.seed = seed
+        self.ports = ports
 
 
-@dataclass(slots=True)
 class TailFigures:
     """What one tail stage did with a chunk: as `Done` counts them."""
 
-    items_in: int
-    completed: int
-    dropped: int
-    errors: list[Failure]
-    busy_s: float
+    __slots__ = ("busy_s", "completed", "dropped", "errors", "items_in")
+
+    def __init__(
+        self, items_in: int, completed: int, dropped: int, errors: list[Failure], busy_s: float
+    ) -> None:
+        self.items_in = items_in
+        self.completed = completed
+        self.dropped = dropped
+        self.errors = errors
+        self.busy_s = busy_s
 
 
 class Tail:

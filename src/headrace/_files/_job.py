@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .._records import ErrorRecord
 from .._run import parse_bytes
 from .._streams import Stream, from_iterable
-from .._types import BACKENDS, ErrorRecord
+from .._types import BACKENDS
 from ._atomic import remove_strays
 from ._manifest import (
     Manifest,

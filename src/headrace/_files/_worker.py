@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._memory import give_back_memory, keep_freed_memory
-from .._types import ErrorRecord
+from .._records import ErrorRecord
 from ._atomic import commit, discard, temporary_path
 
 #: Characters of an exception message kept in an error record (RELIABILITY: records cap what
