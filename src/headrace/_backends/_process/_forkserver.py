@@ -29,10 +29,10 @@ Imports nothing of headrace (`_start`'s guard reads `IMPORTING_MAIN` here).
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Sequence
@@ -93,9 +93,9 @@ def main_spec(modules: Sequence[str] = (), *, by_value: bool = False) -> str | N
         spec["by_value"] = True
     if "name" not in spec and "path" not in spec and not spec["modules"] and not by_value:
         return None
-    # A Python literal, read back with ast.literal_eval: the server has `ast` loaded already
-    # (dataclasses imports it), json it would import first.
-    raw = repr(spec)
+    # Pickled, in hex (an environment string): the server has pickle loaded already
+    # (multiprocessing imports it); `ast` or `json` it would import first.
+    raw = pickle.dumps(spec).hex()
     return raw if len(raw) <= MAX_SPEC else None
 
 
@@ -106,7 +106,7 @@ def import_main() -> None:
     if raw is None:
         return
     with contextlib.suppress(Exception):
-        spec = ast.literal_eval(raw)
+        spec = pickle.loads(bytes.fromhex(raw))
         if spec["parent"] != os.getppid():  # not the server that program started
             return
         _import_program(spec)
