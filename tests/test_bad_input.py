@@ -116,3 +116,32 @@ def test_valid_options_build() -> None:
     s.rebatch(1)
     s.take(0)
     s.route(lambda x: 0, 1)
+
+
+def test_stage_options_are_read_only_values_that_cross_to_workers_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the frozen dataclass gave, kept by the plain class: read-only, equal by value,
+    hashable, and pickled without being checked again (a worker may have other limits)."""
+    import pickle
+
+    from headrace._stages import STAGE_OPTIONS, StageOptions
+
+    options = StageOptions(workers=2, backend="process", name="decode", timeout=1.5)
+    with pytest.raises(AttributeError, match="read-only"):
+        options.workers = 3  # type: ignore[misc]
+    assert options == StageOptions(workers=2, backend="process", name="decode", timeout=1.5)
+    assert options != StageOptions(workers=2, backend="process", name="decode")
+    assert hash(options) == hash(
+        StageOptions(workers=2, backend="process", name="decode", timeout=1.5)
+    )
+    data = pickle.dumps(options)
+
+    def refuse(self: StageOptions) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(StageOptions, "_check", refuse)
+    back = pickle.loads(data)
+    assert back == options and back.timeout == 1.5 and back.capacity == options.capacity
+    assert repr(options).startswith("StageOptions(workers=2, backend='process'")
+    assert [name for name in STAGE_OPTIONS if getattr(options, name) is None] == ["maxsize"]

@@ -88,10 +88,8 @@ def main_spec(modules: Sequence[str] = (), *, by_value: bool = False) -> str | N
         if module in sys.modules
         and module not in ("__main__", "__mp_main__", "builtins", name)
         and module.partition(".")[0] != "headrace"
-    ]
-    if by_value:
-        spec["by_value"] = True
-    if "name" not in spec and "path" not in spec and not spec["modules"] and not by_value:
+    ] + (["cloudpickle"] if by_value else [])  # not imported here yet, maybe
+    if "name" not in spec and "path" not in spec and not spec["modules"]:
         return None
     # Pickled, in hex (an environment string): the server has pickle loaded already
     # (multiprocessing imports it); `ast` or `json` it would import first.
@@ -132,7 +130,7 @@ def _import_program(spec: dict[str, Any]) -> None:
         except BaseException:  # no guard, or it fails: each worker imports it itself
             sys.modules["__main__"] = old_main
             sys.modules.pop("__mp_main__", None)
-        for module in spec["modules"] + (["cloudpickle"] if spec.get("by_value") else []):
+        for module in spec["modules"]:
             with contextlib.suppress(BaseException):  # a worker imports it, and says why not
                 importlib.import_module(str(module))
     finally:
