@@ -79,9 +79,10 @@ def test_control_keywords_at_construction_are_overridden_per_run(
     inputs: list[str], tmp_path: Path
 ) -> None:
     results = job(factor=2).run(inputs[:2], tmp_path / "a")
-    assert [r.meta["first"] for r in results] == [0.0, 2.0]
+    assert [r.meta.get("first") for r in results] == [0.0, 2.0], results
     results = job(factor=2).run(inputs[:2], tmp_path / "b", factor=3)
-    assert [r.meta["first"] for r in results] == [0.0, 3.0]
+    # With the results shown: CI once saw a result here without its metadata.
+    assert [r.meta.get("first") for r in results] == [0.0, 3.0], results
 
 
 def test_a_step_hands_keywords_and_metadata_to_the_later_steps_of_its_file(
