@@ -255,7 +255,7 @@ class StageRunner:
                 with self.lock:
                     limit = min(self.max_chunk, aligned(limit, self._expected, self.batch_size))
             try:
-                got = self.inbox.get(limit, block)
+                got = self.inbox.get_sized(limit, block)
             except BaseException:
                 self.window.release()
                 raise
@@ -266,10 +266,14 @@ class StageRunner:
                 self.input_ended = True
                 self._maybe_end()
                 return None
-            keys, values = got
+            keys, values, size = got
             if self.batch_size:
                 keys, values = self._to_boundary(keys, values)
-            size = chunk_nbytes(values) if self.window.max_bytes is not None else 0
+                size = -1
+            if self.window.max_bytes is None:
+                size = 0
+            elif size < 0:  # the channel does not know them (the producers counted them once)
+                size = chunk_nbytes(values)
             self.window.add_bytes(size)
             chunk = Chunk(self._taken, keys, values, size)
             if self.batch_size:
@@ -394,7 +398,7 @@ class StageRunner:
                 self.busy_s += done.busy_s
                 self.errors += 1
             self._failed(failures[0])  # a failure that ends the run does not wait its turn
-        if self.fanout.counts_bytes or self.window.max_bytes is not None:
+        if done.nbytes < 0 and (self.fanout.counts_bytes or self.window.max_bytes is not None):
             done.nbytes = sum(chunk_nbytes(values) for _, values in done.outputs)
         self.sizer.learn(len(done.chunk.values), done.busy_s, max(done.nbytes, done.chunk.nbytes))
         with self.lock:
@@ -438,7 +442,9 @@ class StageRunner:
                 if values:
                     if self.kind not in KEY_KEEPING:
                         keys = self._new_keys(len(values))
-                    self.fanout.put(port, keys, values, done.nbytes)
+                    # A total over several ports is no port's: each counts its own.
+                    size = done.nbytes if len(done.outputs) == 1 else -1
+                    self.fanout.put(port, keys, values, size)
         finally:
             if not fused(self.node):
                 self.window.release(chunk.nbytes)

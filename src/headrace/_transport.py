@@ -205,6 +205,14 @@ class Channel:
         """The next chunk, at most ``limit`` items (0: as queued; a longer chunk is split, and
         short ones queued behind each other are joined up to ``limit``). Waits for one only
         when ``block``, else returns None when there is none now; `END` once ended."""
+        got = self.get_sized(limit, block)
+        return got if got is None or got is END else (got[0], got[1])
+
+    def get_sized(self, limit: int = 0, block: bool = True) -> Any:
+        """`get`, with the chunk's bytes of array data (`chunk_nbytes`) as a third element,
+        as its producers counted them: the consumer need not count them again. -1 where this
+        channel does not count bytes. A chunk split here has its head counted again (when it
+        holds any array data) and its rest's bytes are the difference."""
         with self._not_empty:
             if not self._chunks:
                 if not block and self._open:
@@ -215,11 +223,13 @@ class Channel:
                 raise Cancelled
             keys, values, size = self._chunks.popleft()
             n = len(values)
+            counted = self._byte_bound is not None
             if limit and n > limit:
-                rest = n - limit
-                rest_size = size * rest // n
-                self._chunks.appendleft((keys[limit:], values[limit:], rest_size))
-                keys, values, size = keys[:limit], values[:limit], size - rest_size
+                head_keys, head_values = keys[:limit], values[:limit]
+                # Counted bytes stay exact: the head's are counted again, the rest's follow.
+                head_size = chunk_nbytes(head_values) if counted and size else size * limit // n
+                self._chunks.appendleft((keys[limit:], values[limit:], size - head_size))
+                keys, values, size = head_keys, head_values, head_size
                 n = limit
             elif limit and n < limit and self._chunks:
                 keys, values, size = self._join(keys, values, size, limit)
@@ -230,7 +240,7 @@ class Channel:
                 # All: a woken producer may not use the room (a large chunk under the byte
                 # bound), and the one that could must not sleep on.
                 self._not_full.notify_all()
-            return keys, values
+            return keys, values, size if counted else -1
 
     def _join(
         self, keys: Sequence[int], values: list[Any], size: int, limit: int

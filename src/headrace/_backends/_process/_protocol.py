@@ -8,8 +8,9 @@ codec, and the numbers both sides use. Imported by both; imports neither.
 
 Each message is a named tuple (one pickle per message, by protocol 5). A `CallEntry` carries a
 chunk's values in one pickle (arrays out of band in shared memory), or one pickle per item when
-``split``. A `ChunkResult` carries a chunk's outputs per port, its counts, its error entries and
-the seconds it took; `Again` asks for a chunk the worker could not unpickle whole, item by item.
+``split``. A `ChunkResult` carries a chunk's outputs per port, its counts, its error entries, the
+seconds it took and its outputs' bytes of array data; `Again` asks for a chunk the worker could
+not unpickle whole, item by item.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ class ChunkResult(NamedTuple):
     busy_s: float
     #: Per stage of the worker's tail: ``(items_in, completed, dropped, errors, busy_s)``.
     tail: list[tuple[Any, ...]] | None = None
+    #: Bytes of array data in the outputs (`chunk_nbytes`), counted here, where the worker
+    #: scans its own outputs, so that the parent need not (-1: not counted).
+    nbytes: int = -1
 
 
 class Again(NamedTuple):

@@ -543,7 +543,7 @@ class ProcessWorkers(Workers):
         """The `Done` a worker's entry describes, and the bytes its results took; None when a
         whole-chunk result cannot be unpickled (the chunk then runs again item by item, to
         find the item: its items run twice)."""
-        _, outputs, completed, dropped, errors, busy, tail = entry
+        _, outputs, completed, dropped, errors, busy, tail, nbytes = entry
         failures = self._failures(self.work.name, errors)
         ports: list[tuple[Sequence[int], list[Any]]] = []
         size = 0
@@ -570,6 +570,8 @@ class ProcessWorkers(Workers):
                         completed -= 1
             ports.append((good_keys, good_values))
         done = Done(chunk, ports, completed, dropped, failures, busy)
+        if not any(split for _, split, _, _ in outputs):  # else: fewer values than the worker's
+            done.nbytes = nbytes
         if tail is not None:
             names = self.work.tail_names
             done.tail = [

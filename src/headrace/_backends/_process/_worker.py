@@ -41,6 +41,7 @@ from ..._shm import (
     remove_run,
 )
 from ..._stages import STREAM_KINDS
+from ..._transport import chunk_nbytes
 from ..._types import loaded_numpy
 from .._base import (
     Chunk,
@@ -287,6 +288,7 @@ class ChildWork:
                 for f in self.tail.run(done)
             ]
         errors = [_failure_entry(f) for f in chunk.failures + done.errors]
+        nbytes = sum(chunk_nbytes(values) for _, values in done.outputs)
         outputs: list[tuple[Any, ...]] = []
         if not chunk.split:
             try:
@@ -319,7 +321,9 @@ class ChildWork:
         if tail is not None:  # the batches the tail wrote in slots: those not sent are free
             self.pool.settle(_slot_names(outputs))
         self._done.append(
-            ChunkResult(chunk.seq, outputs, completed, done.dropped, errors, done.busy_s, tail)
+            ChunkResult(
+                chunk.seq, outputs, completed, done.dropped, errors, done.busy_s, tail, nbytes
+            )
         )
         # The outputs are copied out: let go of them (and the input) now, not when the loop
         # takes the next chunk, which may wait for the parent; an 8 MiB result is 8 MiB held.
