@@ -165,7 +165,7 @@ def _own(filename: str) -> bool:
 
 def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) -> BaseException:
     """Prepare a user exception for the consumer: keep its type, note where it happened,
-    attach the worker traceback as ``__cause__``."""
+    attach the worker traceback as ``__cause__`` (none for a crash: no worker traceback)."""
     where = f"item {index}" if index is not None else "not tied to one item (setup, a crash)"
     if not isinstance(exc, Exception):
         # SystemExit or KeyboardInterrupt raised by a stage's function must not end the
@@ -183,6 +183,8 @@ def deliver(exc: BaseException, *, stage: str, index: int | None, tb_text: str) 
     if note not in notes:
         exc.add_note(note)
     cause = exc.__cause__
+    if not tb_text:  # a worker that crashed or never started: an empty block would say nothing
+        return exc
     if isinstance(exc, HeadraceError) and cause is not None and not isinstance(cause, Exception):
         if not isinstance(cause.__cause__, RemoteTraceback):  # a wrapped SystemExit
             cause.__cause__ = RemoteTraceback(tb_text)

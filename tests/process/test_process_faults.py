@@ -68,6 +68,7 @@ def test_crash_under_raise_names_stage_worker_signal_and_item(how: str) -> None:
     assert error["exitcode"] == expected
     word = {"sigkill": "SIGKILL", "exit0": "code 0", "segfault": "SIGSEGV", "abort": "SIGABRT"}
     assert word[how] in error["message"] and "item 5" in error["message"]
+    assert error["cause"] is None  # a crash sends no traceback: no empty "in the worker" block
     assert result.result["elapsed"] < 10  # startup included; the crash itself is reported fast
     result.assert_conserved()
     assert not result.leftovers

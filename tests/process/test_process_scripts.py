@@ -80,6 +80,7 @@ def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path: Path, metho
     assert GUARD in error and "userscript.py" in error and method in error
     # No crash loop, no multiprocessing bootstrapping traceback: a short error.
     assert "crash loop" not in done.stderr and "bootstrapping phase" not in done.stderr
+    assert "Traceback in the worker:" not in done.stderr  # no empty block: none was sent
     assert len(last) < 60, done.stderr[-3000:]
 
 
