@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import GraphError
@@ -18,32 +17,57 @@ from ._stages import KEY_KEEPING, ONE_TO_ONE, StageOptions
 _ids = itertools.count()
 
 
-@dataclass(eq=False)
 class Node:
-    """One stage of a graph. ``inputs`` are (node, port) pairs; ``ports`` its output count."""
+    """One stage of a graph. ``inputs`` are (node, port) pairs; ``ports`` its output count.
 
-    kind: str
-    fn: Any
-    options: StageOptions
-    inputs: tuple[tuple[Node, int], ...] = ()
-    ports: int = 1
-    label: str = ""
-    args: dict[str, Any] = field(default_factory=dict)
-    id: int = field(default_factory=lambda: next(_ids))
+    Equal only to itself. A plain class, not a dataclass: building a graph is on the way to a
+    process stage's forkserver start (`_streams`), and `dataclasses` imports `inspect`."""
+
+    __slots__ = ("args", "fn", "id", "inputs", "kind", "label", "options", "ports")
+
+    def __init__(
+        self,
+        kind: str,
+        fn: Any,
+        options: StageOptions,
+        inputs: tuple[tuple[Node, int], ...] = (),
+        ports: int = 1,
+        label: str = "",
+        args: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.fn = fn
+        self.options = options
+        self.inputs = inputs
+        self.ports = ports
+        self.label = label
+        self.args: dict[str, Any] = {} if args is None else args
+        self.id = next(_ids)
 
     def __hash__(self) -> int:
         return self.id
 
+    def __repr__(self) -> str:
+        return f"Node({self.kind!r}, {self.label!r}, id={self.id})"
 
-@dataclass
+
 class Plan:
     """The nodes one run executes, in topological order, with each node's consumers."""
 
-    nodes: list[Node]
-    names: dict[Node, str]
-    position: dict[Node, int]
-    #: consumers[node][port] = list of (consumer node, index of this edge among its inputs)
-    consumers: dict[Node, list[list[tuple[Node, int]]]]
+    __slots__ = ("consumers", "names", "nodes", "position")
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        names: dict[Node, str],
+        position: dict[Node, int],
+        consumers: dict[Node, list[list[tuple[Node, int]]]],
+    ) -> None:
+        self.nodes = nodes
+        self.names = names
+        self.position = position
+        #: consumers[node][port] = list of (consumer node, index of this edge among its inputs)
+        self.consumers = consumers
 
 
 def compile_plan(terminals: Sequence[tuple[Node, int]]) -> Plan:

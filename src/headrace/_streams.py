@@ -10,7 +10,6 @@ is built, and the runner, the backends and the reports load afterwards, while th
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
@@ -370,6 +369,8 @@ def _run_options() -> tuple[str, ...]:
     """The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass
     on. `_run` is imported here, not at the top: the runner and the backends load while a
     process stage's forkserver, started as the pipeline is built (`Stream._add`), boots."""
+    import inspect  # not at the top: see the module's docstring
+
     from ._run import Run
 
     return tuple(
