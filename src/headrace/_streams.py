@@ -368,14 +368,12 @@ def _terminals(streams: Iterable[Stream]) -> list[tuple[Node, int]]:
 def _run_options() -> tuple[str, ...]:
     """The keyword options of a run (those of `Run`), which `collect`, `run` and `open` pass
     on. `_run` is imported here, not at the top: the runner and the backends load while a
-    process stage's forkserver, started as the pipeline is built (`Stream._add`), boots."""
-    import inspect  # not at the top: see the module's docstring
-
+    process stage's forkserver, started as the pipeline is built (`Stream._add`), boots. Read
+    from the code object, not with `inspect` (whose imports would take a few ms then)."""
     from ._run import Run
 
-    return tuple(
-        p.name for p in inspect.signature(Run).parameters.values() if p.kind is p.KEYWORD_ONLY
-    )
+    code = Run.__init__.__code__
+    return code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
 
 
 def _open(streams: list[Stream], where: str, run_options: dict[str, Any]) -> Run:
