@@ -2,8 +2,9 @@
 
 Each case generates its input files in a fresh temporary folder (not timed), warms up on two
 of them, then times the whole job over the rest, from the first read to the last output on
-disk, and checks every output (not timed). headrace writes atomically (temporary name, fsync,
-rename) and keeps its manifest; the peers write straight to the final name.
+disk, and checks every output (not timed). headrace writes atomically (a temporary name, then
+a rename; no fsync, its default) and keeps its manifest; the peers write straight to the final
+name.
 """
 
 from __future__ import annotations
