@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
+import threading
+import time
 
 import cloudpickle
 import numpy as np
@@ -392,3 +395,48 @@ def test_queue_types_and_bad_arguments():
         PipeSystem([]).build(log_lvl="LOUD")
     with pytest.raises(TypeError, match="Streams"):
         Transform(sumBatch, upstreams=["s1"])
+
+
+class Interrupted(Exception):
+    """What the test's signal handler raises in the main thread."""
+
+
+def test_close_sees_a_signal_while_a_segment_is_busy():
+    """`close` waits for the run in short steps, so a signal (Ctrl-C) reaches the program at
+    once even while a segment is busy: sent to another thread here, so that only the main
+    thread's own waking up can see it. A second `close` then still waits for the run to end
+    (it returned at once while the run went on when `close` waited with `Thread.join`)."""
+    release = threading.Event()
+    out = []
+
+    def slow(x):
+        release.wait(10)
+        return x
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    pline = PipeLine(backend="thread")
+    pline.add(Source(lambda: iter(range(3)), "numbers"))
+    pline.add(Transform(slow, "slow"))
+    pline.add(Sink(out.append, "keep"))
+    pline.build()
+    previous = signal.signal(signal.SIGUSR1, handler)
+    sender = threading.Thread(
+        target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(), signal.SIGUSR1))
+    )
+    try:
+        pline.run()
+        sender.start()
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            pline.close()
+        took = time.monotonic() - start
+    finally:
+        release.set()
+        if sender.ident is not None:
+            sender.join(5)
+        signal.signal(signal.SIGUSR1, previous)
+    assert took < 0.3 + 1.5, f"the signal was seen {took - 0.3:.2f} s late"
+    pline.close()  # the segment is released: the run ends
+    assert sorted(out) == [0, 1, 2]

@@ -390,6 +390,7 @@ class PipeSystem:
         self.monitor = False
         self._terminals: list[hr.Stream] = []
         self._thread: threading.Thread | None = None
+        self._finished = threading.Event()  # set by each run's thread at its end
         self._error: BaseException | None = None
         self._report: hr.Report | None = None
         self._ran = False
@@ -424,6 +425,7 @@ class PipeSystem:
         if self._ran:
             raise hr.HeadraceError("this system has run already: call reset() to run it again")
         self._ran, self._error = True, None
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="minipipe-run", daemon=True)
         self._thread.start()
 
@@ -433,6 +435,8 @@ class PipeSystem:
         except BaseException as exc:
             self._error = exc
             return
+        finally:
+            self._finished.set()
         if self.monitor:
             logging.getLogger(LOGGER).info(
                 "figures of the run:\n%s", self._report.table(), extra={"pname": "PipeSystem"}
@@ -441,8 +445,12 @@ class PipeSystem:
     def close(self) -> None:
         """Wait for the run to end; raise the first error a segment raised."""
         if self._thread is not None:
-            while self._thread.is_alive():  # a wait with a timeout sees Ctrl-C at once
-                self._thread.join(0.1)
+            # Short waits see Ctrl-C at once. On an event, not `Thread.join(0.1)`: CPython 3.11
+            # marks a thread as ended when a signal's exception interrupts a join on it, so a
+            # second `close` (or `reset`) would return while the run still goes.
+            while not self._finished.wait(0.1):
+                pass
+            self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
