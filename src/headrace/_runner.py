@@ -44,7 +44,16 @@ from ._graph import Node, Plan
 from ._records import ErrorRecord, StageSnapshot
 from ._shm import default_budget
 from ._stages import CALL_KINDS, KEY_KEEPING, STREAM_KINDS, StageOptions
-from ._transport import END, Cancelled, Channel, RunState, StopStage, ZipChannel, chunk_nbytes
+from ._transport import (
+    END,
+    Cancelled,
+    Channel,
+    Daemon,
+    RunState,
+    StopStage,
+    ZipChannel,
+    chunk_nbytes,
+)
 from ._transport import nbytes as item_nbytes
 from ._types import weight
 
@@ -199,7 +208,7 @@ class StageRunner:
         self.inbox: Channel | None = None
         self.fanout = FanOut(node.ports)
         self.workers: Workers | None = None
-        self.thread: threading.Thread | None = None  # sources only
+        self.thread: Daemon | None = None  # sources only
         backend = execution.backends[node.options.backend]
         chunks, max_bytes = backend.window(node.options)
         self.window = Window(execution.state, chunks, max_bytes, node.options.workers)
@@ -726,7 +735,8 @@ class Execution:
         self.seed = seed if seed is not None else random.SystemRandom().getrandbits(63)
         self.failure: BaseException | None = None
         self.errors: list[ErrorRecord] = []
-        self.closed = False
+        self.closed = False  # no new reads: `close` began
+        self._closed_all = False  # and waited for every stage
         self._lock = threading.Lock()
         self._sources = sources
         self.runners = {
@@ -845,11 +855,8 @@ class Execution:
         for node in self.plan.nodes:
             if node.kind == "source":
                 runner = self.runners[node]
-                runner.thread = threading.Thread(
-                    target=runner.run_source,
-                    args=(self._sources[node](),),
-                    name=f"headrace-{runner.name}",
-                    daemon=True,
+                runner.thread = Daemon(
+                    runner.run_source, (self._sources[node](),), f"headrace-{runner.name}"
                 )
                 runner.thread.start()
 
@@ -877,8 +884,9 @@ class Execution:
         return got if got is END else got[1]
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
-        """Stop every stage and wait for its workers; True if all of them ended in time."""
-        if self.closed:
+        """Stop every stage and wait for its workers; True if all of them ended in time. A
+        close interrupted (a Ctrl-C while it waits) is not done: the next one waits again."""
+        if self._closed_all:
             return True
         self.closed = True
         self.ended = self.ended or time.perf_counter()
@@ -888,10 +896,10 @@ class Execution:
         for runner in self.runners.values():
             remaining = max(0.0, deadline - time.monotonic())
             if runner.thread is not None and runner.thread is not threading.current_thread():
-                runner.thread.join(remaining)
-                ok = ok and not runner.thread.is_alive()
+                ok = runner.thread.wait_end(remaining) and ok
             if runner.workers is not None:
                 ok = runner.workers.join(remaining) and ok
+        self._closed_all = True
         return ok
 
     def snapshot(self) -> tuple[float, list[StageSnapshot]]:

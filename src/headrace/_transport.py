@@ -2,8 +2,9 @@
 
 Owns: `Channel` (bounded, many producers, end-of-stream once every producer closed, a consumer
 that can detach), `ZipChannel` (joins the items of several inputs by item index), `RunState`
-(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END`, `nbytes`, and `wait`, the
-wait that leaves the main thread free to take a signal (Ctrl-C).
+(cancelling wakes every waiter), `Cancelled`, `StopStage`, `END`, `nbytes`, `wait`, the
+wait that leaves the main thread free to take a signal (Ctrl-C), and `Daemon`, the thread that
+the main thread can wait for as safely.
 
 The unit of transfer is a chunk: a pair ``(keys, values)`` of equal length, where ``keys``
 are the items' indices (a `range` when they are consecutive) and ``values`` a list. A put or
@@ -62,6 +63,39 @@ def wait(condition: threading.Condition) -> None:
         condition.wait(SIGNAL_CHECK_S)
     else:
         condition.wait()
+
+
+class Daemon(threading.Thread):
+    """A daemon thread of headrace's that the main thread waits for with `wait_end`, not with
+    ``Thread.join(timeout)``: on CPython 3.11, an exception from a signal handler (Ctrl-C) that
+    interrupts such a join marks the joined thread as ended while it still runs (the clean-up
+    of bpo-45274 releases the lock the running thread holds), so that `is_alive` says False and
+    a later join returns at once. `wait_end` waits on an event the thread sets when its target
+    returns, and joins it only then."""
+
+    def __init__(self, target: Callable[..., object], args: tuple[Any, ...], name: str) -> None:
+        super().__init__(target=target, args=args, name=name, daemon=True)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.done.set()
+
+    def wait_end(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the thread's target to return, then for the thread to
+        exit; True if it has (never when called from the thread itself). In the main thread,
+        in steps of `SIGNAL_CHECK_S`, as `wait` does."""
+        if self is threading.current_thread():
+            return False
+        deadline = time.monotonic() + timeout
+        step = SIGNAL_CHECK_S if threading.current_thread() is threading.main_thread() else None
+        while not self.done.wait(max(0.0, min(deadline - time.monotonic(), step or timeout))):
+            if time.monotonic() >= deadline:
+                return not self.is_alive()
+        self.join(1.0)  # only its exit is left (a thread-local's finaliser, at most)
+        return not self.is_alive()
 
 
 class RunState:

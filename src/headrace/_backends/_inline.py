@@ -7,11 +7,9 @@ one driver thread of its own. Timeouts are checked when the call returns.
 
 from __future__ import annotations
 
-import threading
-
 from .._errors import format_traceback
 from .._stages import STREAM_KINDS
-from .._transport import Cancelled, StopStage
+from .._transport import Cancelled, Daemon, StopStage
 from ._base import Backend, Caller, Chunk, StageWork, Workers, instantiate, run_stream
 
 
@@ -49,14 +47,11 @@ class DriverThread(Workers):
     """One thread running a stream stage."""
 
     def __init__(self, work: StageWork) -> None:
-        self._thread = threading.Thread(
-            target=_drive, args=(work,), name=f"headrace-{work.name}", daemon=True
-        )
+        self._thread = Daemon(_drive, (work,), f"headrace-{work.name}")
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.wait_end(timeout)
 
 
 def _drive(work: StageWork) -> None:

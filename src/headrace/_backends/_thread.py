@@ -15,7 +15,7 @@ import threading
 import time
 
 from .._stages import STREAM_KINDS
-from .._transport import Cancelled, StopStage
+from .._transport import Cancelled, Daemon, StopStage
 from ._base import (
     Backend,
     Chunk,
@@ -40,31 +40,24 @@ class ThreadWorkers(Workers):
     def __init__(self, work: StageWork) -> None:
         self._work = work
         self._ids = itertools.count()
-        self._threads: dict[int, threading.Thread] = {}  # worker id -> its thread
+        self._threads: dict[int, Daemon] = {}  # worker id -> its thread
         self._abandoned: set[int] = set()  # workers whose call timed out: not waited for
         self._lock = threading.Lock()
         self._holding: dict[int, tuple[Chunk, float]] = {}  # worker id -> chunk, deadline
         self._stop = threading.Event()
         self._wake = threading.Event()  # a worker took a task while the watchdog slept idle
         self._tries: dict[int, int] = {}  # item index -> times it timed out
-        self._watchdog: threading.Thread | None = None
+        self._watchdog: Daemon | None = None
         self._timed = work.options.timeout is not None and work.kind not in STREAM_KINDS
         for _ in range(work.options.workers):
             self._spawn()
         if self._timed:
-            self._watchdog = threading.Thread(
-                target=self._watch, name=f"headrace-{work.name}-watchdog", daemon=True
-            )
+            self._watchdog = Daemon(self._watch, (), f"headrace-{work.name}-watchdog")
             self._watchdog.start()
 
     def _spawn(self, first: Chunk | None = None) -> None:
         wid = next(self._ids)
-        thread = threading.Thread(
-            target=self._run,
-            args=(wid, first),
-            name=f"headrace-{self._work.name}-{wid}",
-            daemon=True,
-        )
+        thread = Daemon(self._run, (wid, first), f"headrace-{self._work.name}-{wid}")
         with self._lock:
             self._threads[wid] = thread
         thread.start()
@@ -131,10 +124,10 @@ class ThreadWorkers(Workers):
         self._stop.set()
         self._wake.set()
         if self._watchdog is not None:
-            self._watchdog.join(max(0.0, deadline - time.monotonic()))
+            self._watchdog.wait_end(deadline - time.monotonic())
         with self._lock:  # a thread whose call timed out ends when that call returns
             threads = [t for wid, t in self._threads.items() if wid not in self._abandoned]
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.wait_end(deadline - time.monotonic())
         return not any(t.is_alive() for t in threads)

@@ -46,7 +46,7 @@ from ..._shm import (
     sweep_stale,
 )
 from ..._stages import STREAM_KINDS
-from ..._transport import Cancelled, StopStage
+from ..._transport import Cancelled, Daemon, StopStage
 from .._base import (
     Chunk,
     Done,
@@ -214,7 +214,7 @@ class ProcessWorkers(Workers):
         self.mapper = Mapper()
         self._lock = threading.Lock()
         self._procs: dict[int, Proc] = {}
-        self._feeders: list[threading.Thread] = []
+        self._feeders: list[Daemon] = []
         self._crash_times: deque[tuple[float, int]] = deque()  # when, which item
         self._crashes: dict[int, int] = {}  # item index -> times it crashed (or ran late)
         self._start_deaths = 0  # workers in a row that died before asking for an item
@@ -222,6 +222,7 @@ class ProcessWorkers(Workers):
         self.pipe_safe = PIPE_SAFE
         self._ended = 0  # supervisor threads that have ended
         self._joined = False  # a close gave up on a supervisor thread
+        self._cleaned = False
         self._big = False
         self._slow = False  # chunks take long: one queued per worker would idle the others
         self.closing = False
@@ -250,12 +251,7 @@ class ProcessWorkers(Workers):
         procs += [None] * (work.options.workers - len(procs))
         work.on_cancel(self.wake)
         self._threads = [
-            threading.Thread(
-                target=self._supervise,
-                args=(slot, proc),
-                name=f"headrace-{work.name}-{slot}",
-                daemon=True,
-            )
+            Daemon(self._supervise, (slot, proc), f"headrace-{work.name}-{slot}")
             for slot, proc in enumerate(procs)
         ]
         for thread in self._threads:
@@ -706,12 +702,7 @@ class ProcessWorkers(Workers):
     # --- stream stages: a feeder thread sends, the supervisor receives -------------------
 
     def _run_stream(self, proc: Proc) -> bool:
-        feeder = threading.Thread(
-            target=self._feed,
-            args=(proc,),
-            name=f"{threading.current_thread().name}-feed",
-            daemon=True,
-        )
+        feeder = Daemon(self._feed, (proc,), f"{threading.current_thread().name}-feed")
         feeder.start()
         with self._lock:
             self._feeders.append(feeder)
@@ -791,35 +782,49 @@ class ProcessWorkers(Workers):
         deadline = time.monotonic() + timeout
         try:
             for thread in self._threads:
-                if thread is not threading.current_thread():
-                    thread.join(max(0.0, deadline - time.monotonic()))
+                thread.wait_end(deadline - time.monotonic())
+            if any(t.is_alive() for t in self._threads):
+                self.closing = True
+                self.wake()
+                _kill_all(self._procs, None, self._killed)
+                for thread in self._threads:
+                    thread.wait_end(0.5)
+            with self._lock:
+                feeders = list(self._feeders)
+            for feeder in feeders:
+                feeder.wait_end(deadline - time.monotonic())
         except BaseException:  # a second Ctrl-C while closing: kill at once
             self.closing = True
             _kill_all(self._procs, None, self._killed)
+            self._cleanup_at_last_end()
             raise
-        if any(t.is_alive() for t in self._threads):
-            self.closing = True
-            self.wake()
-            _kill_all(self._procs, None, self._killed)
-            for thread in self._threads:
-                thread.join(0.5)
-        with self._lock:
-            feeders = list(self._feeders)
-        for feeder in feeders:
-            feeder.join(max(0.0, deadline - time.monotonic()))
         alive = any(t.is_alive() for t in self._threads + feeders)
         if alive:
-            # The workers are dead; no segment may outlive the run. A supervisor still busy
-            # here makes no new slot (the pool is closed) and cleans up when it ends.
-            self.pool.close()
-            remove_run(self.token)
-            self._joined = True
+            self._cleanup_at_last_end()
         else:
             self._cleanup()
         return not alive
 
-    def _cleanup(self) -> None:
+    def _cleanup_at_last_end(self) -> None:
+        """A close that stops waiting for the supervisor threads (they ran late, or a Ctrl-C
+        interrupted it): the workers are dead, and no segment may outlive the run. A supervisor
+        still busy makes no new slot (the pool is closed); the last one to end finishes the
+        clean-up, or this does if they all have."""
+        self.pool.close()
+        remove_run(self.token)
         with self._lock:
+            self._joined = True
+            last = self._ended == len(self._threads)
+        if last:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Close what the stage holds; once (a close may run again after a Ctrl-C, and the last
+        supervisor thread may be the one that does it)."""
+        with self._lock:
+            if self._cleaned:
+                return
+            self._cleaned = True
             procs = list(self._procs.values())
         for proc in procs:
             proc.close_pipes()

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
 from ..._stages import STREAM_KINDS
-from ..._transport import Cancelled, StopStage
+from ..._transport import Cancelled, Daemon, StopStage
 from .._base import (
     Chunk,
     Done,
@@ -82,7 +82,7 @@ class RayWorkers(Workers):
         self._lock = threading.Lock()
         self._actors: dict[int, Any] = {}
         self._pids: dict[int, int] = {}  # slot -> its actor's process id (for log records)
-        self._feeders: dict[int, threading.Thread] = {}  # a stream stage's, one per actor
+        self._feeders: dict[int, Daemon] = {}  # a stream stage's, one per actor
         self._ready: dict[int, Any] = {}  # slot -> the answer to its actor's `job` call
         self._clean: set[int] = set()  # slots whose actor holds no call
         self._crash_times: deque[tuple[float, int]] = deque()
@@ -92,12 +92,7 @@ class RayWorkers(Workers):
             self._new_actor(slot)
         work.on_cancel(self._cancelled)
         self._threads = [
-            threading.Thread(
-                target=self._drive,
-                args=(slot,),
-                name=f"headrace-{work.name}-ray-{slot}",
-                daemon=True,
-            )
+            Daemon(self._drive, (slot,), f"headrace-{work.name}-ray-{slot}")
             for slot in range(work.options.workers)
         ]
         for thread in self._threads:
@@ -255,12 +250,7 @@ class RayWorkers(Workers):
         self._await_ready(slot)
         self._clean.discard(slot)
         actor = self._actors[slot]
-        feeder = threading.Thread(
-            target=self._feed,
-            args=(slot, actor),
-            name=f"headrace-{work.name}-ray-{slot}-feed",
-            daemon=True,
-        )
+        feeder = Daemon(self._feed, (slot, actor), f"headrace-{work.name}-ray-{slot}-feed")
         with self._lock:
             self._feeders[slot] = feeder
         feeder.start()
@@ -493,16 +483,14 @@ class RayWorkers(Workers):
         deadline = time.monotonic() + timeout
         try:
             for thread in self._threads:
-                if thread is not threading.current_thread():
-                    thread.join(max(0.0, deadline - time.monotonic()))
+                thread.wait_end(deadline - time.monotonic())
         finally:
             self.closing = True
             self._kill_all()  # a thread still in a call (or a Ctrl-C here): its actor goes now
         with self._lock:
             threads = self._threads + list(self._feeders.values())
         for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, min(POLL_S * 4, deadline - time.monotonic())))
+            thread.wait_end(min(POLL_S * 4, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
 
