@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from headrace import _shm, _tempdirs
 
 
@@ -28,6 +30,24 @@ def test_make_names_the_owner_and_is_private() -> None:
         assert str(path) not in _tempdirs.stale(str(path.parent)), "a live owner's folder"
     finally:
         shutil.rmtree(path)
+
+
+def test_make_early_makes_the_owner_and_its_multiprocessing_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the folder tempfile chooses (here it is loaded: its own `tempdir` counts), private,
+    named with the owner; None where that folder cannot be used."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = _tempdirs.make_early("mp")
+    assert made is not None
+    owner, inner = map(Path, made)
+    assert owner.parent == tmp_path and Path(inner).parent == owner
+    assert _tempdirs.owner_pid(owner.name) == os.getpid() and inner.name.startswith("pymp-")
+    assert owner.stat().st_mode & 0o777 == inner.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert _tempdirs.make_early("mp") is None
 
 
 def test_only_dead_owners_folders_are_stale(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -56,14 +58,14 @@ SCRIPT = textwrap.dedent(
 
 
 def run(
-    tmp_path: Path, script: str, *args: str, **extra_env: str
+    tmp_path: Path, script: str, *args: str, unset: tuple[str, ...] = (), **extra_env: str
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     (tmp_path / "helper.py").write_text(HELPER, encoding="utf-8")
     (tmp_path / "userscript.py").write_text(script, encoding="utf-8")
     marks = tmp_path / "marks.txt"
     # Block-buffered output (as a script's, into a pipe): what the server does not flush is
     # lost, or shows again from each worker.
-    drop = ("HEADRACE_START_METHOD", "PYTHONUNBUFFERED")
+    drop = ("HEADRACE_START_METHOD", "PYTHONUNBUFFERED", *unset)
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["MARKS"] = str(marks)
     env.update(extra_env)
@@ -297,6 +299,134 @@ def test_the_resource_tracker_the_forkserver_starts_yields_to_it(tmp_path: Path)
     tracker, program, server_pid, tracker_pid = niceness["own"]
     assert tracker_pid < server_pid
     assert tracker == program == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+EARLY = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    if sys.argv[1] == "loaded":
+        import multiprocessing  # the program's own: the usual start
+
+    import headrace as hr
+
+    seen = []
+    real_spawn = os.posix_spawn
+
+    def spy(path, args, env, **kwargs):
+        seen.append(["multiprocessing" in sys.modules, args])
+        return real_spawn(path, args, env, **kwargs)
+
+    os.posix_spawn = spy
+
+    if __name__ == "__main__":
+        # A pipe end the program holds (inheritable): the server must not keep it open.
+        read, write = os.pipe()
+        os.set_inheritable(write, True)
+        stream = hr.from_iterable(range(20)).map(abs, workers=2, backend="process")
+        assert stream.collect() == list(range(20))
+        import multiprocessing
+        import subprocess
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        fds = os.listdir(f"/proc/{server._forkserver_pid}/fd")
+        held = [os.readlink(f"/proc/{server._forkserver_pid}/fd/{fd}") for fd in fds]
+        with open(f"/proc/{server._forkserver_pid}/cmdline") as cmdline:
+            command = cmdline.read().split("\\0")[:-1]
+        print("RESULT " + json.dumps({
+            "seen": seen,
+            "self": os.getpid(),
+            "command": command,
+            "flags": subprocess._args_from_interpreter_flags(),
+            "pipe_held": os.readlink(f"/proc/self/fd/{write}") in held,
+            "address": server._forkserver_address,
+            "tempdir": multiprocessing.current_process()._config["tempdir"],
+        }))
+    """
+)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or sys.version_info[:2] != (3, 11), reason="the early spawn's scope"
+)
+@pytest.mark.parametrize("case", ["flags", "no-flags", "loaded"])
+def test_the_forkserver_is_spawned_before_multiprocessing_is_imported(
+    tmp_path: Path, case: str
+) -> None:
+    """The first process stage spawns the forkserver before the program imports
+    multiprocessing (about 20 ms sooner), with multiprocessing's own command, interpreter
+    flags and private socket, and without the program's other inheritable descriptors; a
+    program that imported multiprocessing itself gets multiprocessing's usual start."""
+    temp = Path(tempfile.mkdtemp(prefix="hr-"))  # short: the socket's path has a limit
+    env = {"TMPDIR": str(temp)}
+    if case == "flags":
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # -B, which the server must get too
+    unset = () if case == "flags" else ("PYTHONDONTWRITEBYTECODE",)
+    try:
+        done, _ = run(tmp_path, EARLY, case, unset=unset, **env)
+        left = list(temp.iterdir())
+    finally:
+        shutil.rmtree(temp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.split("RESULT ", 1)[1])
+    spawned = [args for loaded, args in got["seen"] if "forkserver" in args[-1]]
+    if case == "loaded":
+        assert spawned == []  # multiprocessing's util.spawnv_passfds, not posix_spawn
+    else:
+        assert [loaded for loaded, _ in got["seen"]][:1] == [False]
+        assert spawned == [got["command"]]
+    command = got["command"]
+    assert command[:-2] == [sys.executable, *got["flags"]] and command[-2] == "-c"
+    assert ("-B" in command) == (case == "flags")
+    assert command[-1].startswith("from multiprocessing.forkserver import main; main(")
+    assert not got["pipe_held"]
+    # The socket in multiprocessing's temp folder, in a folder of headrace's in $TMPDIR;
+    # both gone once the program has exited.
+    owner = Path(got["tempdir"]).parent
+    assert Path(got["address"]).parent == Path(got["tempdir"])
+    assert owner.parent == temp and owner.name.startswith(f"headrace-{got['self']}-mp-")
+    assert left == []
+
+
+ADOPT = textwrap.dedent(
+    """
+    import json
+    import os
+
+    from headrace._backends._process import _launch, _start
+
+    if __name__ == "__main__":
+        spawned = _launch.spawn(list(_start.PRELOAD))
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # as another thread might, meanwhile
+        theirs = forkserver._forkserver._forkserver_pid
+        adopted = _launch.adopt(spawned)
+        try:
+            os.waitpid(spawned.pid, os.WNOHANG)
+            reaped = False
+        except ChildProcessError:  # reaped already
+            reaped = True
+        print("RESULT " + json.dumps([
+            adopted, forkserver._forkserver._forkserver_pid == theirs != spawned.pid,
+            reaped, os.path.exists(spawned.owner),
+        ]))
+    """
+)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or sys.version_info[:2] != (3, 11), reason="the early spawn's scope"
+)
+def test_a_server_spawned_early_gives_way_to_one_started_meanwhile(tmp_path: Path) -> None:
+    """Handed to multiprocessing after another start (another thread's) won: it is stopped
+    and reaped, its folder removed, and multiprocessing keeps the other one."""
+    done, _ = run(tmp_path, ADOPT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.split("RESULT ", 1)[1]) == [False, True, True, False]
 
 
 def _local() -> None:

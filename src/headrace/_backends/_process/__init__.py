@@ -22,7 +22,8 @@ their `logging` records to the parent.
 
 Modules: `_protocol` (what crosses between the two sides), `_worker` (the worker program),
 `_supervisor` (the parent side), `_warm` (idle workers kept for later runs), `_start` (start
-methods), `_forkserver` (what the forkserver imports first), `_backend` (the runner's entry).
+methods), `_launch` (the forkserver spawned before multiprocessing is imported), `_forkserver`
+(what the forkserver imports first), `_backend` (the runner's entry).
 
 This package imports its modules on first use (``__getattr__``), and nothing at its top: the
 forkserver imports the worker program, and a worker should not pay for the parent side (the

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import marshal
 import os
-import pickle
 import signal
 import sys
 from collections.abc import Sequence
@@ -91,9 +91,9 @@ def main_spec(modules: Sequence[str] = (), *, by_value: bool = False) -> str | N
     ] + (["cloudpickle"] if by_value else [])  # not imported here yet, maybe
     if "name" not in spec and "path" not in spec and not spec["modules"]:
         return None
-    # Pickled, in hex (an environment string): the server has pickle loaded already
-    # (multiprocessing imports it); `ast` or `json` it would import first.
-    raw = pickle.dumps(spec).hex()
+    # Marshalled (the server is this interpreter, and every interpreter has marshal loaded:
+    # nothing to import on either side), in hex (an environment string).
+    raw = marshal.dumps(spec).hex()
     return raw if len(raw) <= MAX_SPEC else None
 
 
@@ -104,7 +104,7 @@ def import_main() -> None:
     if raw is None:
         return
     with contextlib.suppress(Exception):
-        spec = pickle.loads(bytes.fromhex(raw))
+        spec = marshal.loads(bytes.fromhex(raw))
         if spec["parent"] != os.getppid():  # not the server that program started
             return
         _import_program(spec)

@@ -2,18 +2,16 @@
 what workers need, see `_forkserver`).
 
 The first process stage of a program starts the forkserver (`prestart`) while the pipeline is
-still being built, so this module imports only what that start needs: the standard library's
-`multiprocessing.forkserver` and nothing of headrace's backends. The server boots (a fresh
-interpreter and its imports, most of the time to the first result) while the program goes on;
-multiprocessing's resource tracker, which the server needs only once it forks workers, is
-spawned after it and at a lower priority.
+still being built, so this module imports only what that start needs, and multiprocessing only
+after the server is spawned where it can (`_launch`): the server boots (a fresh interpreter and
+its imports, most of the time to the first result) while the program goes on. multiprocessing's
+resource tracker, which the server needs only once it forks workers, is spawned after it and at
+a lower priority.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import multiprocessing.process
 import os
 import sys
 import threading
@@ -21,8 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ... import _tempdirs
-from . import _forkserver
+from . import _forkserver, _launch
 
 START_METHODS = ("forkserver", "spawn", "fork")
 ENV_START_METHOD = "HEADRACE_START_METHOD"
@@ -41,22 +38,34 @@ def default_start_method() -> str:
         if method not in START_METHODS:
             raise ValueError(f"${ENV_START_METHOD} must be one of {START_METHODS}, got {method!r}")
         return method
-    if "forkserver" in multiprocessing.get_all_start_methods():
+    if _launch.applies():  # Linux: it has forkserver (and multiprocessing is not loaded yet)
         return "forkserver"
-    return "spawn"
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _context(method: str, modules: Sequence[str] = (), by_value: bool = False) -> Any:
     exit_if_importing_main(method)  # a worker re-running an unguarded main script ends here
+    spawned = None
+    if method == "forkserver" and _launch.applies():  # multiprocessing not loaded: no server
+        spawned = _spawn_forkserver(modules, by_value)
+    import multiprocessing
+
+    from ... import _tempdirs
+
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {method!r} is not available here")
     ctx = multiprocessing.get_context(method)
-    _tempdirs.own_multiprocessing_tempdir()  # a killed program's pymp-* can then be swept
-    if method == "forkserver":
-        from multiprocessing import forkserver
+    if spawned is not None and _launch.adopt(spawned):
+        _start_tracker()  # not started before: multiprocessing was not loaded
+    else:
+        _tempdirs.own_multiprocessing_tempdir()  # a killed program's pymp-* can then be swept
+        if method == "forkserver":
+            from multiprocessing import forkserver
 
-        if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
-            _start_forkserver(ctx, modules, by_value)
+            if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:
+                _start_forkserver(ctx, modules, by_value)
     _tempdirs.sweep_once()  # what killed programs left: after the server is on its way
     if method == "fork":
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
@@ -70,38 +79,64 @@ def _context(method: str, modules: Sequence[str] = (), by_value: bool = False) -
     return ctx
 
 
-def _start_forkserver(ctx: Any, modules: Sequence[str], by_value: bool) -> None:
-    """Start the forkserver now, without waiting for its imports. It imports the program's
-    main module and the worker program once (see `_forkserver`), and dies with this program
-    when its main thread starts it. A server that cannot start (e.g. its socket path in a long
-    $TMPDIR is too long) fails again, and is reported, when the first worker starts."""
-    from multiprocessing import forkserver, resource_tracker
+#: What the forkserver preloads: `_forkserver` first, then the worker program. multiprocessing's
+#: own "__main__" preload is left out: `_forkserver` does it (the server's only reader of
+#: MAIN_ENV, set just for its start).
+PRELOAD = [_forkserver.__name__, f"{__package__}._worker"]
 
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    tracker_started = getattr(tracker, "_pid", None) is not None
+
+@contextlib.contextmanager
+def _server_environment(modules: Sequence[str], by_value: bool) -> Iterator[None]:
+    """The environment a forkserver started now gets (see `_forkserver`): it dies with this
+    program when its main thread starts it, and it imports the program's main module and
+    ``modules`` once."""
     if threading.current_thread() is threading.main_thread():
         os.environ[_forkserver.PARENT_ENV] = str(os.getpid())
     else:
         os.environ.pop(_forkserver.PARENT_ENV, None)
-    # multiprocessing's own "__main__" preload is left out: `_forkserver` does it (the
-    # server's only reader of MAIN_ENV, set just for its start).
-    ctx.set_forkserver_preload([_forkserver.__name__, f"{__package__}._worker"])
     main = _forkserver.main_spec(modules, by_value=by_value)
     if main is not None:
         os.environ[_forkserver.MAIN_ENV] = main
     try:
-        with contextlib.suppress(OSError):
-            if tracker_started:
-                forkserver.ensure_running()
-            else:
-                with _tracker_after_server(forkserver):
-                    forkserver.ensure_running()
+        yield
     finally:
         os.environ.pop(_forkserver.MAIN_ENV, None)
+
+
+def _spawn_forkserver(modules: Sequence[str], by_value: bool) -> _launch.Spawned | None:
+    """Spawn the forkserver before multiprocessing is imported (`_launch`), or None."""
+    with _server_environment(modules, by_value):
+        return _launch.spawn(PRELOAD)
+
+
+def _start_forkserver(ctx: Any, modules: Sequence[str], by_value: bool) -> None:
+    """Start the forkserver now, without waiting for its imports (multiprocessing's way). A
+    server that cannot start (e.g. its socket path in a long $TMPDIR is too long) fails again,
+    and is reported, when the first worker starts."""
+    from multiprocessing import forkserver, resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    tracker_started = getattr(tracker, "_pid", None) is not None
+    ctx.set_forkserver_preload(list(PRELOAD))
+    with _server_environment(modules, by_value), contextlib.suppress(OSError):
+        if tracker_started:
+            forkserver.ensure_running()
+        else:
+            with _tracker_after_server(forkserver):
+                forkserver.ensure_running()
     if not tracker_started:
-        with contextlib.suppress(Exception):
-            resource_tracker.ensure_running()  # what `forkserver.ensure_running` starts first
-        _yield_to_server(getattr(tracker, "_pid", None))
+        _start_tracker()
+
+
+def _start_tracker() -> None:
+    """Start multiprocessing's resource tracker, which the forkserver just started needs once
+    it forks workers, at a lower priority (`_yield_to_server`)."""
+    from multiprocessing import resource_tracker
+
+    with contextlib.suppress(Exception):
+        resource_tracker.ensure_running()  # what `forkserver.ensure_running` starts first
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    _yield_to_server(getattr(tracker, "_pid", None))
 
 
 class _LaterTracker:
@@ -199,7 +234,8 @@ def exit_if_importing_main(method: str) -> None:
     workers re-run the script's top-level code), the script is starting a pipeline at import:
     say in one line what to do and exit with `NO_GUARD_EXIT`, which the supervisor in the
     parent recognises (instead of crashing in multiprocessing and being restarted in a loop)."""
-    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
+    process = sys.modules.get("multiprocessing.process")  # loaded in a worker, always
+    if process is None or not getattr(process.current_process(), "_inheriting", False):
         return
     if _forkserver.IMPORTING_MAIN:
         raise MainStartsRun  # the forkserver stops importing the script (see `_forkserver`)
