@@ -128,6 +128,5 @@ class ThreadWorkers(Workers):
         with self._lock:  # a thread whose call timed out ends when that call returns
             threads = [t for wid, t in self._threads.items() if wid not in self._abandoned]
         for thread in threads:
-            if thread is not threading.current_thread():
-                thread.wait_end(deadline - time.monotonic())
+            thread.wait_end(deadline - time.monotonic())  # not from that thread itself
         return not any(t.is_alive() for t in threads)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from typing import Any, NamedTuple
 
 from ... import _tempdirs
@@ -149,9 +148,6 @@ def _close_others(passed: tuple[int, ...]) -> list[tuple[int, int]]:
     return actions
 
 
-_adopt_lock = threading.Lock()
-
-
 def adopt(spawned: Spawned) -> bool:
     """Hand ``spawned`` to multiprocessing as its forkserver, and its folder as this
     process's multiprocessing temp folder (`_tempdirs`). False, and the server stopped, when
@@ -159,7 +155,7 @@ def adopt(spawned: Spawned) -> bool:
     from multiprocessing import forkserver
 
     server: Any = forkserver._forkserver  # its private state, set as ensure_running sets it
-    with _adopt_lock, server._lock:
+    with server._lock:  # as ensure_running holds it: one adopter (or starter) at a time
         mine = server._forkserver_pid is None
         if mine:
             server._forkserver_address = spawned.address

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ... import _tempdirs
 from . import _forkserver, _launch
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -51,8 +52,6 @@ def _context(method: str, modules: Sequence[str] = (), by_value: bool = False) -
     if method == "forkserver" and _launch.applies():  # multiprocessing not loaded: no server
         spawned = _spawn_forkserver(modules, by_value)
     import multiprocessing
-
-    from ... import _tempdirs
 
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {method!r} is not available here")
