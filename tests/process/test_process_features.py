@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ T = _shm.THRESHOLD
 
 def identity(x: Any) -> Any:
     return x
+
+
+def inc(x: int) -> int:
+    return x + 1
 
 
 def odd_arrays() -> list[Any]:
@@ -340,6 +345,68 @@ def test_a_forkserver_that_cannot_start_falls_back_to_spawn(monkeypatch: Any) ->
     with pytest.warns(RuntimeWarning, match="forkserver could not start"):
         out = hr.from_iterable(range(3)).map(identity, **PROC).collect()
     assert out == [0, 1, 2]
+
+
+def test_forkserver_workers_start_in_their_threads_every_stages_first_before_the_others(
+    monkeypatch: Any,
+) -> None:
+    """The run's thread does not wait for the forkserver (on a first run it boots): it sets up
+    every stage, and each stage's first worker is asked for before any second one."""
+    import time
+
+    from headrace._backends import _process
+
+    _process.release_warm()  # every worker of this run is started, none taken warm
+    real = _process.Proc.__init__
+    go = threading.Event()
+    asked: list[str] = []  # the supervisor threads that asked for a worker, in order
+
+    def held(self: Any, ctx: Any, method: str) -> None:
+        asked.append(threading.current_thread().name)
+        assert go.wait(10), "a worker start was waited for by the run's thread"
+        real(self, ctx, method)
+
+    monkeypatch.setattr(_process.Proc, "__init__", held)
+    stream = hr.from_iterable(range(20)).map(inc, **PROC).map(inc, **PROC)
+    with stream.open(start_method="forkserver") as run:
+        deadline = time.monotonic() + 10
+        while len(asked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # time for a second worker to be asked for, were it not held back
+        assert sorted(asked) == ["headrace-inc#2-0", "headrace-inc-0"]
+        go.set()
+        assert sorted(run) == list(range(2, 22))
+    # The second ones came after (one may have taken a worker the other stage gave back).
+    assert set(asked[2:]) <= {"headrace-inc#2-1", "headrace-inc-1"}
+
+
+@pytest.mark.parametrize("kind", ["map", "transform"])
+def test_a_stages_other_workers_start_once_its_first_is_ready(monkeypatch: Any, kind: str) -> None:
+    """They wait for the first one to be set up (its imports, on a 2-core machine, would
+    otherwise compete with theirs), for at most `HEAD_START_S`: here far longer than the run,
+    so the second worker starts during the run only if the first one's readiness (or, for a
+    transform, its start) releases it."""
+    from headrace._backends import _process
+    from headrace._backends._process import _supervisor
+
+    _process.release_warm()
+    monkeypatch.setattr(_supervisor, "HEAD_START_S", 600.0)
+    real = _process.Proc.__init__
+    asked: list[str] = []
+
+    def counted(self: Any, ctx: Any, method: str) -> None:
+        asked.append(threading.current_thread().name)
+        real(self, ctx, method)
+
+    monkeypatch.setattr(_process.Proc, "__init__", counted)
+    source = hr.from_iterable(range(40))
+    stream = source.map(inc, **PROC) if kind == "map" else source.transform(passing, **PROC)
+    with stream.open(start_method="forkserver") as run:
+        out = list(run)
+        asked_in_run = list(asked)
+    assert sorted(out) == sorted(inc(i) if kind == "map" else i for i in range(40))
+    name = "inc" if kind == "map" else "passing"
+    assert sorted(asked_in_run) == [f"headrace-{name}-0", f"headrace-{name}-1"]
 
 
 def slow_first(i: int) -> Any:

@@ -92,6 +92,8 @@ from ._start import NO_GUARD_EXIT, NO_GUARD_HINT, _context, default_start_method
 from ._warm import WARM
 from ._worker import worker_main
 
+HEAD_START_S = 0.05
+
 
 def _grow_pipe(conn: Connection) -> int:
     """Ask for a pipe of `PIPE_BYTES`; the bytes it holds now."""
@@ -234,15 +236,21 @@ class ProcessWorkers(Workers):
         self._finalizer = multiprocessing.util.Finalize(
             self, _kill_all, args=(self._procs, self.token, self._killed), exitpriority=100
         )
-        # Workers start here, in the thread that starts the run: a failure to start raises to
-        # it. With the forkserver, only the first: each start waits for the server to fork it
-        # (on a first run, for the server to boot), one after another, and the first worker of
-        # the next stage, and the run, need not wait for the others; they start in their
-        # supervisor threads. (A process another start method starts from a thread that is not
-        # the main thread gets no parent-death signal: see `Proc`.)
+        # Workers of other start methods start here, in the thread that starts the run (a
+        # process they start from another thread gets no parent-death signal: see `Proc`), and
+        # a failure to start raises to it. forkserver workers start in their supervisor
+        # threads: each start waits for the server to fork it (on a first run, for the server
+        # to boot), and the run's thread goes on setting up the next stages meanwhile. The
+        # server forks them in the order asked for: the others of a stage ask once its first
+        # has started, so that the first worker of every stage comes before them.
         procs: list[Proc | None] = []
+        self._first_started = threading.Event()  # or the run is cancelled
+        self._first_ready = threading.Event()
+        if self.method != "forkserver":
+            self._first_started.set()
+            self._first_ready.set()
         try:
-            while len(procs) < work.options.workers and (not procs or self.method != "forkserver"):
+            while len(procs) < work.options.workers and self._first_started.is_set():
                 procs.append(self._start_first(len(procs)))
         except BaseException:
             _kill_all(self._procs, self.token, self._killed)
@@ -261,6 +269,8 @@ class ProcessWorkers(Workers):
         """Wake every supervisor from its wait (the run is cancelled or closing)."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+        self._first_started.set()  # a supervisor waiting to start its worker sees the cancel
+        self._first_ready.set()
 
     def cancelled(self) -> bool:
         return self.closing or self._killed.is_set() or _cancelled(self.work)
@@ -299,6 +309,26 @@ class ProcessWorkers(Workers):
             self.ctx = _context("spawn")
             return self._start(slot)
 
+    def _start_in_thread(self, slot: int) -> Proc:
+        """Start the worker of ``slot`` in its supervisor thread (see __init__): the stage's
+        first, or another once the first has started."""
+        if slot == 0:
+            try:
+                proc = self._start_first(0)  # may change the start method (to spawn)
+            except BaseException:
+                self._first_ready.set()
+                raise
+            finally:
+                self._first_started.set()
+            if self.work.kind in STREAM_KINDS:
+                self._first_ready.set()
+            return proc
+        self._first_started.wait()
+        self._first_ready.wait(HEAD_START_S)
+        if self.cancelled():
+            raise Cancelled
+        return self._start(slot)
+
     def _retire(self, proc: Proc, grace: float) -> None:
         proc.stop(grace)
         self.pool.release_held_by(proc.pid)
@@ -309,7 +339,7 @@ class ProcessWorkers(Workers):
         idle = False  # the worker finished its job cleanly and waits for another
         try:
             if proc is None:  # not started by the run's thread (see __init__)
-                proc = self._start(slot)
+                proc = self._start_in_thread(slot)
             if self.work.kind in STREAM_KINDS:
                 idle = self._run_stream(proc)
             else:
@@ -510,6 +540,8 @@ class ProcessWorkers(Workers):
     ) -> None:
         if isinstance(message, Ready):
             proc.ready = True
+            if proc.slot == 0:
+                self._first_ready.set()
             self._start_deaths = 0
         elif isinstance(message, Log):
             self._log(proc, message.fields)
