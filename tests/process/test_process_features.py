@@ -224,6 +224,10 @@ def test_a_class_is_instantiated_once_per_process() -> None:
 
 
 def draws(_: int) -> tuple[int, float, float]:
+    import time
+
+    time.sleep(0.005)  # 200 items: 1 s of naps, so the second worker, started once the first
+    # is set up, has items left to run
     return os.getpid(), random.random(), float(np.random.random())
 
 
@@ -380,6 +384,18 @@ def test_forkserver_workers_start_in_their_threads_every_stages_first_before_the
     assert set(asked[2:]) <= {"headrace-inc#2-1", "headrace-inc-1"}
 
 
+def nap(x: Any) -> Any:
+    import time
+
+    time.sleep(0.01)
+    return x
+
+
+def napping(items: Any) -> Any:
+    for x in items:
+        yield nap(x)
+
+
 @pytest.mark.parametrize("kind", ["map", "transform"])
 def test_a_stages_other_workers_start_once_its_first_is_ready(monkeypatch: Any, kind: str) -> None:
     """They wait for the first one to be set up (its imports, on a 2-core machine, would
@@ -399,13 +415,13 @@ def test_a_stages_other_workers_start_once_its_first_is_ready(monkeypatch: Any, 
         real(self, ctx, method)
 
     monkeypatch.setattr(_process.Proc, "__init__", counted)
-    source = hr.from_iterable(range(40))
-    stream = source.map(inc, **PROC) if kind == "map" else source.transform(passing, **PROC)
+    source = hr.from_iterable(range(40))  # 0.4 s of naps: the run outlasts a worker's start
+    stream = source.map(nap, **PROC) if kind == "map" else source.transform(napping, **PROC)
     with stream.open(start_method="forkserver") as run:
         out = list(run)
         asked_in_run = list(asked)
-    assert sorted(out) == sorted(inc(i) if kind == "map" else i for i in range(40))
-    name = "inc" if kind == "map" else "passing"
+    assert sorted(out) == list(range(40))
+    name = "nap" if kind == "map" else "napping"
     assert sorted(asked_in_run) == [f"headrace-{name}-0", f"headrace-{name}-1"]
 
 

@@ -279,7 +279,11 @@ class ProcessWorkers(Workers):
 
     def _start(self, slot: int) -> Proc:
         """A worker for ``slot``: a warm one left idle by an earlier run, or a new one."""
-        proc = WARM.take(self.method) or Proc(self.ctx, self.method)
+        proc = WARM.take(self.method)
+        if proc is None:
+            proc = Proc(self.ctx, self.method)
+        elif slot == 0:
+            self._first_ready.set()  # set up already: the others need not wait for it
         self.pipe_safe = max(PIPE_SAFE, proc.pipe_bytes // 2)
         with self._lock:
             self._procs[slot] = proc
