@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from headrace._errors import ClosedError
 from headrace._records import ErrorRecord, StageSnapshot
+from headrace._transport import Daemon
 
 __all__ = ["Progress", "Report", "render_dot"]
 
@@ -33,6 +34,8 @@ MAX_TABLE_MESSAGE = 80
 #: Seconds between two refreshes of the progress display: fast enough to look live, slow
 #: enough that rendering costs nothing next to a run (rich's own default is 4 per second).
 PROGRESS_INTERVAL_S = 0.2
+#: How long `stop` waits for the display's thread to draw its last frame and end.
+STOP_WAIT_S = 5.0
 
 #: Keys every stage dict of `Report.to_dict` starts with (DESIGN.md §2.2: these may not change).
 _STAGE_KEYS = (
@@ -456,7 +459,7 @@ class Progress:
         self._plain_interval = plain_interval
         self._plain = False  # True when rich is missing: plain lines instead of a table
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Daemon | None = None
         # A rich.live.Live once started. Typed Any because rich is optional: naming its type
         # here would import it at module level.
         self._live: Any = None
@@ -491,14 +494,14 @@ class Progress:
         )
         live.start(refresh=True)
         self._live = live
-        self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
+        self._thread = Daemon(self._loop, (), "headrace-progress")
         self._thread.start()
 
     def _start_plain(self, file: TextIO) -> None:
         self._plain = True
         self._live = file
         print(_RICH_MISSING.format(interval=self._plain_interval), file=file, flush=True)
-        self._thread = threading.Thread(target=self._loop, name="headrace-progress", daemon=True)
+        self._thread = Daemon(self._loop, (), "headrace-progress")
         self._thread.start()
 
     def stop(self) -> None:
@@ -511,7 +514,7 @@ class Progress:
         if thread is None:
             return
         self._wake.set()
-        thread.join()
+        thread.wait_end(STOP_WAIT_S)  # not a plain join: see `Daemon`
         if self._plain:
             file, self._live = self._live, None
             print(_plain_line(*self._snapshot()), file=file, flush=True)

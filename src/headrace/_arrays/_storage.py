@@ -96,14 +96,13 @@ def open_view(p: Placement) -> np.ndarray[Any, Any]:
         flat = np.frombuffer(map_stripes(p.parts, writable=p.writable), np.uint8)
         return np.ndarray(p.shape, p.dtype, buffer=flat, offset=p.offset, order=p.order)
     if p.kind == "shm":
-        path = Path(_shm.shm_path(p.where))
-        memory = _shm.attach(p.where) if p.writable else _map_readonly(path)
+        memory = _shm.attach(p.where) if p.writable else _map_readonly(_shm.shm_path(p.where))
         return np.ndarray(p.shape, p.dtype, buffer=memory, offset=p.offset, order=p.order)
     mode: Literal["r", "r+"] = "r+" if p.writable else "r"
     return np.memmap(p.where, p.dtype, mode, p.offset, p.shape, p.order)
 
 
-def _map_readonly(path: Path) -> mmap.mmap:
+def _map_readonly(path: str) -> mmap.mmap:
     # A read-only mapping: an input cannot be made writable again in a worker.
     fd = os.open(path, os.O_RDONLY)
     try:
