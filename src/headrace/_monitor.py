@@ -13,12 +13,14 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from headrace._errors import ClosedError
 from headrace._records import ErrorRecord, StageSnapshot
 from headrace._transport import Daemon
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["Progress", "Report", "render_dot"]
 
@@ -610,6 +612,8 @@ _DOT_MISSING = (
 
 def render_dot(dot: str, path: str | os.PathLike[str], *, format: str | None = None) -> Path:
     """Write ``dot`` into ``path`` drawn in ``format`` (default: the suffix of ``path``)."""
+    from pathlib import Path  # here: a run's first set-up need not import it
+
     target = Path(path)
     fmt = (format or target.suffix.lstrip(".")).lower()
     if not fmt:
