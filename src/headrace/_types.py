@@ -1,6 +1,7 @@
 """Small types and helpers shared by every layer, process workers among them.
 
-Owns: the literal types of the stage options, `Collated`, `weight`, `loaded_numpy`. Imports
+Owns: the literal types of the stage options, `Collated`, `weight`, `loaded_numpy`,
+`held_by_name`. Imports
 nothing from headrace, and nothing a worker does not need (the records a run reports are in
 `_records`: dataclasses, whose imports are a good part of a worker's start-up).
 """
@@ -42,3 +43,16 @@ def loaded_numpy() -> Any:
     """NumPy if this program has imported it, else None: no array can exist without it, so the
     core never imports NumPy itself (a worker of a pipeline without arrays starts faster)."""
     return sys.modules.get("numpy")
+
+
+def held_by_name(obj: Any) -> bool:
+    """Whether ``obj``'s module, loaded and not the main script, holds it under its qualified
+    name: pickle, and cloudpickle unless the module is registered to go by value, send it by
+    reference to that name (a worker imports the module to find it)."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    if module is None or module.__name__ == "__main__":
+        return False
+    found: Any = module
+    for part in str(getattr(obj, "__qualname__", "")).split("."):
+        found = getattr(found, part, None)
+    return found is obj

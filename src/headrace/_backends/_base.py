@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol
 from .._errors import RemoteError, StageTimeoutError, cap_text, format_traceback, shorten
 from .._stages import Empty, StageOptions, collate_auto, identity_body
 from .._transport import Cancelled, StopStage, chunk_nbytes
-from .._types import Collated
+from .._types import Collated, held_by_name
 
 # The records below are plain classes with slots, not dataclasses: process workers import
 # this module, and the dataclasses module's imports are a good part of a worker's start-up.
@@ -679,17 +679,11 @@ def _by_reference(fn: Any) -> bool:
     a function, class or builtin that its module (not the main script's) holds under its
     name, while cloudpickle is not loaded (so that no module was registered to go by value).
     The program then need not import cloudpickle (a fifth of a first process run's set-up)."""
-    if "cloudpickle" in sys.modules or not isinstance(
-        fn, (types.FunctionType, types.BuiltinFunctionType, type)
-    ):
-        return False
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is None or module.__name__ == "__main__":
-        return False
-    found: Any = module
-    for part in str(getattr(fn, "__qualname__", "")).split("."):
-        found = getattr(found, part, None)
-    return found is fn
+    return (
+        "cloudpickle" not in sys.modules
+        and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type))
+        and held_by_name(fn)
+    )
 
 
 #: Characters of one text argument of an exception that cross between processes, at most.

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ... import _tempdirs
+from ..._types import held_by_name
 from . import _forkserver, _launch
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -202,13 +203,7 @@ def sent_by_value(fn: Any) -> bool:
     """Whether cloudpickle sends ``fn`` by value (a function of the main script, a lambda, a
     local function, a callable object) rather than by reference to its module, as plain
     pickle would; the cheap test, erring towards by value."""
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is None or module.__name__ == "__main__":
-        return True
-    found: Any = module
-    for part in str(getattr(fn, "__qualname__", "")).split("."):
-        found = getattr(found, part, None)
-    return found is not fn
+    return not held_by_name(fn)
 
 
 # --- the main-script guard ---------------------------------------------------------------------

@@ -92,6 +92,8 @@ from ._start import NO_GUARD_EXIT, NO_GUARD_HINT, _context, default_start_method
 from ._warm import WARM
 from ._worker import worker_main
 
+#: How long a stage's other forkserver workers wait for its first one to be set up before
+#: they start anyway (see `ProcessWorkers.__init__`): on few cores their start would slow its.
 HEAD_START_S = 0.05
 
 
@@ -242,7 +244,8 @@ class ProcessWorkers(Workers):
         # threads: each start waits for the server to fork it (on a first run, for the server
         # to boot), and the run's thread goes on setting up the next stages meanwhile. The
         # server forks them in the order asked for: the others of a stage ask once its first
-        # has started, so that the first worker of every stage comes before them.
+        # has started and is set up (at most `HEAD_START_S` later), so that the first worker
+        # of every stage comes before them and sets up without competing with them.
         procs: list[Proc | None] = []
         self._first_started = threading.Event()  # or the run is cancelled
         self._first_ready = threading.Event()
@@ -315,7 +318,8 @@ class ProcessWorkers(Workers):
 
     def _start_in_thread(self, slot: int) -> Proc:
         """Start the worker of ``slot`` in its supervisor thread (see __init__): the stage's
-        first, or another once the first has started."""
+        first, or another once the first has started and is set up (or `HEAD_START_S`
+        passed)."""
         if slot == 0:
             try:
                 proc = self._start_first(0)  # may change the start method (to spawn)
