@@ -68,6 +68,8 @@ def shm_path(name: str) -> str:
 #: Buffers at least this large travel through shared memory; smaller ones in the pipe (a
 #: pipe round trip of 64 KiB costs about what mapping and freeing a slot does).
 THRESHOLD = 64 * 1024
+#: A chunk whose pickle (without arrays) takes this much or more is pickled into a slot.
+IN_SLOT_MIN = 256 * 1024
 #: Default byte budget of all the slots of one run: at most this much...
 DEFAULT_BUDGET = 2 * 2**30
 #: ...and at most this fraction of the free space in /dev/shm.
@@ -692,6 +694,46 @@ def encode_in_slot(
             raise
         return None  # _Full, or an object plain pickle refuses
     return _IN_SLOT, [(slot.name, 0, out.pos)]
+
+
+class InSlot:
+    """When a sender pickles a chunk's values straight into a slot (`encode_in_slot`): once
+    its last chunk's pickle, without arrays, came to `IN_SLOT_MIN` bytes or more (then the
+    pickle alone is a fresh buffer of pages to fault in, on each side of the pipe), sized by
+    what that chunk took per item, with a margin. A chunk with arrays is left to `encode`
+    (they cross as views of their own slots). After `TRIES` chunks in a row that did not fit,
+    found no slot or needed cloudpickle, the sender stops trying."""
+
+    MARGIN = 1.25
+    TRIES = 3
+
+    def __init__(self) -> None:
+        self.per_item: float | None = None  # pickle bytes per item of the last chunk
+        self.missed = 0  # tries in a row that failed (threads may add one each at once)
+
+    def encode(
+        self, values: list[Any], pool: SlotPool, holder: int
+    ) -> tuple[bytes, list[Place]] | None:
+        """``values`` pickled into a slot, or None: the sender then calls `encode` and
+        `learn`."""
+        per_item = self.per_item
+        if per_item is None or self.missed >= self.TRIES:
+            return None
+        size = int(per_item * len(values) * self.MARGIN) + THRESHOLD
+        if size < IN_SLOT_MIN:
+            return None
+        encoded = encode_in_slot(values, pool, holder, size)
+        if encoded is None:
+            self.per_item = None
+            self.missed += 1
+        else:
+            self.per_item = encoded[1][0][2] / len(values)
+            self.missed = 0
+        return encoded
+
+    def learn(self, data: bytes, places: list[Place], items: int) -> None:
+        """What `encode` made of a chunk of ``items`` values."""
+        self.per_item = None if places or not items else len(data) / items
 
 
 class _Full(Exception):

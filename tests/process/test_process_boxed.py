@@ -18,7 +18,6 @@ import pytest
 
 import headrace as hr
 from headrace import _shm
-from headrace._backends._process import _supervisor
 from headrace._backends._process._supervisor import ProcessWorkers
 from headrace._shm import THRESHOLD, SlotPool
 
@@ -75,7 +74,7 @@ def count_in_slot(
             kept.append(pickle.dumps(obj))
         return out
 
-    monkeypatch.setattr(_supervisor, "encode_in_slot", counting)
+    monkeypatch.setattr(_shm, "encode_in_slot", counting)
     return sizes
 
 
@@ -123,7 +122,7 @@ def test_a_chunk_that_outgrows_its_slot_takes_the_first_way(
         tried.append(None if out is None else out[1][0][2])
         return out
 
-    monkeypatch.setattr(_supervisor, "encode_in_slot", second_too_small)
+    monkeypatch.setattr(_shm, "encode_in_slot", second_too_small)
     data = records(400)
     got = hr.from_iterable(data).map(digest, workers=2, backend="process").collect()
     assert got == [digest(r) for r in data]
@@ -198,11 +197,33 @@ def apply(item: tuple[bytes, Any]) -> int:
 
 def test_values_only_cloudpickle_takes_stop_the_tries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records that come with a lambda: plain pickle refuses each chunk, cloudpickle sends it;
-    after `IN_SLOT_TRIES` refusals in a row the stage stops trying."""
+    after `InSlot.TRIES` refusals in a row the stage stops trying."""
     in_slot = count_in_slot(monkeypatch)
     data = [(record, lambda r: r[3]) for record in records(600)]
     got = hr.from_iterable(data).map(apply, workers=2, backend="process").collect()
     assert got == [r[3] for r, _ in data]
     # Two workers' threads may each start a try before either has counted the other's.
     assert set(in_slot) == {None}
-    assert _supervisor.IN_SLOT_TRIES <= len(in_slot) <= _supervisor.IN_SLOT_TRIES + 1
+    assert _shm.InSlot.TRIES <= len(in_slot) <= _shm.InSlot.TRIES + 1
+
+
+def reverse(record: bytes) -> bytes:
+    return record[::-1]
+
+
+def test_large_results_come_back_through_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers pickle their chunks of large outputs straight into slots too: the program
+    loads them from there (`_load_from`, which it runs for each such chunk)."""
+    loaded: list[int] = []
+    original = _shm._load_from
+
+    def counting(buffer: Any) -> Any:
+        loaded.append(len(buffer))
+        return original(buffer)
+
+    monkeypatch.setattr(_shm, "_load_from", counting)
+    data = records(300)
+    got = hr.from_iterable(data).map(reverse, workers=2, backend="process").collect()
+    assert got == [r[::-1] for r in data]
+    assert loaded, "no chunk of outputs came back through a slot"
+    assert min(loaded) > 64 * 1024

@@ -35,13 +35,12 @@ from typing import Any
 from ..._errors import SerializationError, WorkerCrashedError, format_traceback, shorten
 from ..._shm import (
     HEADER,
-    THRESHOLD,
+    InSlot,
     Mapper,
     SlotPool,
     create,
     decode,
     encode,
-    encode_in_slot,
     make_directory,
     remove_run,
     run_token,
@@ -93,12 +92,6 @@ from ._protocol import (
 from ._start import NO_GUARD_EXIT, NO_GUARD_HINT, _context, default_start_method, main_script
 from ._warm import WARM
 from ._worker import worker_main
-
-#: A chunk pickled into a slot gets one this much larger than the last chunk's pickle per item
-#: (and a frame more): items of the same kind vary in size.
-IN_SLOT_MARGIN = 1.25
-#: After this many chunks in a row that `encode_in_slot` could not take, a stage stops trying.
-IN_SLOT_TRIES = 3
 
 #: How long a stage's other forkserver workers wait for its first one to be set up before
 #: they start anyway (see `ProcessWorkers.__init__`): on few cores their start would slow its.
@@ -236,10 +229,7 @@ class ProcessWorkers(Workers):
         self._joined = False  # a close gave up on a supervisor thread
         self._cleaned = False
         self._big = False
-        # Pickle bytes per input item of the last chunk sent without arrays; None after one
-        # with arrays (see `_in_slot`).
-        self._inband_item: float | None = None
-        self._in_slot_missed = 0  # `_in_slot` tries in a row that did not fit or pickle
+        self._in_slot = InSlot()  # when a chunk is pickled straight into a slot
         self._slow = False  # chunks take long: one queued per worker would idle the others
         self.closing = False
         self._wake_r, self._wake_w = os.pipe()
@@ -503,7 +493,7 @@ class ProcessWorkers(Workers):
             if chunk.sent is not None and chunk.sent[0] is not None:  # sent before: again
                 data, places = chunk.sent[0], chunk.sent[1]
                 self.pool.hold_again(places, pid)
-            elif (in_slot := self._in_slot(chunk, pid)) is not None:
+            elif (in_slot := self._in_slot.encode(chunk.values, self.pool, pid)) is not None:
                 self._let_go(chunk)
                 data, places = in_slot  # not kept: sent again, it is pickled again
             else:
@@ -513,7 +503,7 @@ class ProcessWorkers(Workers):
                     chunk.split = True
                 else:
                     self._let_go(chunk)  # an older encoding, of values that changed since
-                    self._inband_item = None if places else len(data) / len(chunk.values)
+                    self._in_slot.learn(data, places, len(chunk.values))
                     if places:
                         self._keep(chunk, data, places)
             if not chunk.split:
@@ -535,25 +525,6 @@ class ProcessWorkers(Workers):
             self.work.finish(Done(chunk, [([], []) for _ in range(self.work.ports)], 0))
             return None
         return pickle.dumps(Calls([CallEntry(chunk.seq, keys, True, parts, [])]), protocol=5)
-
-    def _in_slot(self, chunk: Chunk, pid: int) -> tuple[bytes, list[Any]] | None:
-        """The chunk pickled straight into a slot (`encode_in_slot`) when its pickle will not
-        fit in the pipe, as the last chunk's did, and holds no arrays (the last one held none:
-        arrays cross as views of their own slots); else None."""
-        per_item = self._inband_item
-        if per_item is None or self._in_slot_missed >= IN_SLOT_TRIES:
-            return None
-        size = int(per_item * len(chunk.values) * IN_SLOT_MARGIN) + THRESHOLD
-        if size <= self.pipe_safe:
-            return None
-        encoded = encode_in_slot(chunk.values, self.pool, pid, size)
-        if encoded is None:  # too large after all, no slot, or a value only cloudpickle takes
-            self._inband_item = None  # `encode` learns again
-            self._in_slot_missed += 1
-        else:
-            self._inband_item = encoded[1][0][2] / len(chunk.values)
-            self._in_slot_missed = 0
-        return encoded
 
     def _keep(self, chunk: Chunk, data: bytes, places: list[Any]) -> None:
         """Keep a chunk's arrays only in the slots that carry them: its values become views of

@@ -33,6 +33,7 @@ from typing import Any
 from ..._errors import format_traceback
 from ..._memory import give_back_memory, keep_freed_memory
 from ..._shm import (
+    InSlot,
     Mapper,
     StagePool,
     attach,
@@ -204,6 +205,7 @@ class ChildWork:
         self._results = results
         self._send_lock = threading.Lock()
         self.pool = StagePool(spec.token, spec.slots_budget, spec.slots)
+        self._in_slot = InSlot()  # when a chunk's outputs are pickled straight into a slot
         self.mapper = Mapper()
         self._progress = attach(spec.progress)
         # Where the worker's loop writes the position of the item it calls (see `Caller`).
@@ -293,8 +295,11 @@ class ChildWork:
         if not chunk.split:
             try:
                 for keys, values in done.outputs:
-                    data, places = encode(values, self.pool, self.parent, cloudpickle_dumps)
-                    outputs.append((keys, False, data, places))
+                    encoded = self._in_slot.encode(values, self.pool, self.parent)
+                    if encoded is None:
+                        encoded = encode(values, self.pool, self.parent, cloudpickle_dumps)
+                        self._in_slot.learn(*encoded, len(values))
+                    outputs.append((keys, False, *encoded))
             except BaseException:
                 outputs = []
                 chunk.split = True
