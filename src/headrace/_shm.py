@@ -684,10 +684,7 @@ def encode_in_slot(
     try:
         with memoryview(slot.memory) as whole, whole[HEADER : HEADER + slot.capacity] as free:
             out = _SlotWriter(free)
-            try:
-                pickle.Pickler(out, protocol=5).dump(obj)
-            finally:
-                out.view = None
+            pickle.Pickler(out, protocol=5).dump(obj)
     except BaseException as exc:
         slot.memory[_STATE_OFFSET] = _FREE
         if not isinstance(exc, Exception):
@@ -746,11 +743,10 @@ class _SlotWriter:
     __slots__ = ("pos", "view")
 
     def __init__(self, view: memoryview) -> None:
-        self.view: memoryview | None = view
+        self.view = view
         self.pos = 0
 
     def write(self, data: Any) -> int:
-        assert self.view is not None
         with memoryview(data) as raw:
             n = raw.nbytes
             end = self.pos + n
@@ -761,7 +757,7 @@ class _SlotWriter:
         return n
 
 
-class _InSlot:
+class _FromSlot:
     """Pickles as a call of `_load_from` on the slot bytes `decode` hands over (out of band)."""
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
@@ -773,7 +769,7 @@ def _load_from(buffer: Any) -> Any:
 
 
 #: The `encode_in_slot` encoding: a pickle whose one out-of-band buffer is the slot's pickle.
-_IN_SLOT = pickle.dumps(_InSlot(), protocol=5, buffer_callback=lambda _: False)
+_IN_SLOT = pickle.dumps(_FromSlot(), protocol=5, buffer_callback=lambda _: False)
 
 
 def _copy_into(memory: mmap.mmap, raw: memoryview) -> None:

@@ -133,13 +133,15 @@ def shout(text: str) -> str:
     return text.upper()
 
 
-def test_documents_in_any_script_cross_whole() -> None:
+def test_documents_in_any_script_cross_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Text crosses as UTF-8: a document of non-ASCII letters takes two to four bytes each."""
+    in_slot = count_in_slot(monkeypatch)
     documents = [
         f"{i} " + ("für ✓ 書 " * 4000 if i % 3 else "plain text " * 4000) for i in range(90)
     ]
     got = hr.from_iterable(documents).map(shout, workers=2, backend="process").collect()
     assert got == [d.upper() for d in documents]
+    assert any(in_slot), "no chunk of documents was pickled into a slot"
 
 
 def test_in_slot_round_trip_and_overflow() -> None:
