@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from headrace._backends._process import _launch
+
 TIMEOUT_S = 90
 
 HELPER = textwrap.dedent(
@@ -393,7 +395,8 @@ EARLY = textwrap.dedent(
 
 
 @pytest.mark.skipif(
-    sys.platform != "linux" or sys.version_info[:2] != (3, 11), reason="the early spawn's scope"
+    sys.platform != "linux" or sys.version_info[:2] not in _launch.VERSIONS,
+    reason="the early spawn's scope",
 )
 @pytest.mark.parametrize("case", ["flags", "no-flags", "loaded"])
 def test_the_forkserver_is_spawned_before_multiprocessing_is_imported(
@@ -462,7 +465,8 @@ ADOPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(
-    sys.platform != "linux" or sys.version_info[:2] != (3, 11), reason="the early spawn's scope"
+    sys.platform != "linux" or sys.version_info[:2] not in _launch.VERSIONS,
+    reason="the early spawn's scope",
 )
 def test_a_server_spawned_early_gives_way_to_one_started_meanwhile(tmp_path: Path) -> None:
     """Handed to multiprocessing after another start (another thread's) won: it is stopped

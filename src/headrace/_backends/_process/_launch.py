@@ -1,4 +1,4 @@
-"""Spawn multiprocessing's forkserver before importing multiprocessing (CPython 3.11, Linux).
+"""Spawn multiprocessing's forkserver before importing multiprocessing (CPython 3.11-3.13, Linux).
 
 The forkserver's boot (a fresh interpreter and its imports) is most of the time to a program's
 first process result, and it starts only once the program has spawned it. multiprocessing's
@@ -17,11 +17,12 @@ to multiprocessing (`adopt`) as if `ensure_running` had started it:
       temp folder                                       serves: forks a worker per request
     the first worker starts (multiprocessing)     ---> (over the listener socket)
 
-What `spawn` does is what multiprocessing 3.11 does (`ForkServer.ensure_running`,
-`util.spawnv_passfds`, `util.get_temp_dir`, `connection.arbitrary_address`): the same command
-and interpreter flags, the same executable, a 0600 socket in a 0700 folder, and only the
-listener and the alive pipe open in the server (with 0, 1 and 2); so it applies only where
-that is known: CPython 3.11 on Linux, and only while this program has not imported
+What `spawn` does is what multiprocessing 3.11-3.13 does (`ForkServer.ensure_running`,
+`util.spawnv_passfds`, `util.get_temp_dir`, `connection.arbitrary_address`, the same code in
+all three): the same command and interpreter flags, the same executable, a 0600 socket in a 0700
+folder, and only the listener and the alive pipe open in the server (with 0, 1 and 2); so it
+applies only where that is known: CPython `VERSIONS` on Linux (3.14's server takes an
+authentication key as well), and only while this program has not imported
 multiprocessing (afterwards the usual start costs little more, and it honours what the program
 may have changed: `set_executable`, a patched `spawnv_passfds`, a temp folder of its own).
 Anything unusual (a socket path too long, a folder that cannot be made) returns None: the
@@ -37,10 +38,12 @@ from typing import Any, NamedTuple
 
 from ... import _tempdirs
 
-#: The server's command, as multiprocessing 3.11 writes it (`ForkServer.ensure_running`).
+#: The Python versions whose multiprocessing starts its forkserver as `spawn` does.
+VERSIONS = ((3, 11), (3, 12), (3, 13))
+#: The server's command, as multiprocessing writes it (`ForkServer.ensure_running`).
 COMMAND = "from multiprocessing.forkserver import main; main(%d, %d, %r, **%r)"
 #: The interpreter flags `subprocess._args_from_interpreter_flags` turns into arguments;
-#: when none is set (and no -W or -X option), there are none.
+#: when none is set (and no -W or -X option: 3.13's ``-X gil`` is one), there are none.
 _FLAGS = (
     "optimize",
     "debug",
@@ -73,7 +76,7 @@ def applies() -> bool:
     return (
         sys.platform == "linux"
         and sys.implementation.name == "cpython"
-        and sys.version_info[:2] == (3, 11)
+        and sys.version_info[:2] in VERSIONS
         and "multiprocessing" not in sys.modules
     )
 
