@@ -29,12 +29,11 @@ it reads. Slots are registered with multiprocessing's resource tracker, which re
 every process of the run is killed; `remove_run` removes them when the run ends.
 
 A large object without arrays (a chunk of records or documents, too large for the pipe) is
-pickled straight into a slot (`encode_in_slot`): the pipe carries a small pickle whose one
-out-of-band buffer is that slot's pickle, which the receiver loads from its map of the slot.
+pickled straight into a slot (`encode_in_slot`): the pipe carries a marker and the slot's
+place, and the receiver loads the object from its map of the slot, which is free again at once.
 
 Non-contiguous arrays, object arrays and small buffers are pickled in band. Imports numpy only
-to read a slot (a program that sends arrays has it),
-nothing from headrace.
+to read an array from a slot (a program that sends arrays has it), nothing from headrace.
 """
 
 from __future__ import annotations
@@ -48,7 +47,8 @@ import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from ._types import loaded_numpy
@@ -442,6 +442,11 @@ class SlotPool:
                 else:
                     self._pins.pop(name, None)
 
+    def held(self, names: Collection[str]) -> int:
+        """How many of the slots named are held still (their receiver has not let go)."""
+        with self._lock:
+            return sum(1 for slot in self._slots if slot.name in names and slot.state != _FREE)
+
     @property
     def reserved(self) -> int:
         return self._bytes
@@ -593,6 +598,20 @@ class Mapper:
         weakref.finalize(region, _free, memory)
         return region
 
+    def load(self, name: str, offset: int, length: int) -> Any:
+        """The object pickled into one slot (`encode_in_slot`): loaded (a copy), and the slot
+        free again at once. Without NumPy, which a receiver of records and text may not have
+        loaded (a first import costs it some 60 ms)."""
+        memory = self._map(name)
+        magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
+        if magic != _MAGIC or state != _USED or offset + length > capacity:
+            raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
+        start = HEADER + offset
+        with memoryview(memory) as whole, whole[start : start + length] as region:
+            obj = _load_from(region)
+        _free(memory)
+        return obj
+
     def _map(self, name: str) -> mmap.mmap:
         with self._lock:
             memory = self._maps.get(name)
@@ -699,33 +718,46 @@ class InSlot:
     pickle alone is a fresh buffer of pages to fault in, on each side of the pipe), sized by
     what that chunk took per item, with a margin. A chunk with arrays is left to `encode`
     (they cross as views of their own slots). After `TRIES` chunks in a row that did not fit,
-    found no slot or needed cloudpickle, the sender stops trying."""
+    found no slot or needed cloudpickle, the sender stops trying.
+
+    A stream (a process `transform`'s input, its outputs) has no window of chunks in flight:
+    its messages queue in the pipe, which holds the sender back only by their size. There
+    ``ahead`` caps its slots that wait for the receiver; past that a chunk goes in band, and
+    the pipe holds the sender back as before."""
 
     MARGIN = 1.25
     TRIES = 3
+    #: A stream's ``ahead``.
+    STREAM_AHEAD = 4
 
-    def __init__(self) -> None:
+    def __init__(self, ahead: int | None = None) -> None:
         self.per_item: float | None = None  # pickle bytes per item of the last chunk
         self.missed = 0  # tries in a row that failed (threads may add one each at once)
+        self.ahead = ahead
+        self._sent: deque[str] = deque(maxlen=2 * ahead if ahead else 0)  # its slots, recent
 
     def encode(
-        self, values: list[Any], pool: SlotPool, holder: int
+        self, obj: Any, items: int, pool: SlotPool, holder: int
     ) -> tuple[bytes, list[Place]] | None:
-        """``values`` pickled into a slot, or None: the sender then calls `encode` and
-        `learn`."""
+        """``obj`` (``items`` values: a chunk's list of them, or one value) pickled into a
+        slot, or None: the sender then calls `encode` and `learn`."""
         per_item = self.per_item
-        if per_item is None or self.missed >= self.TRIES:
+        if per_item is None or self.missed >= self.TRIES or not items:
             return None
-        size = int(per_item * len(values) * self.MARGIN) + THRESHOLD
+        size = int(per_item * items * self.MARGIN) + THRESHOLD
         if size < IN_SLOT_MIN:
             return None
-        encoded = encode_in_slot(values, pool, holder, size)
+        if self.ahead is not None and pool.held(set(self._sent)) >= self.ahead:
+            return None
+        encoded = encode_in_slot(obj, pool, holder, size)
         if encoded is None:
             self.per_item = None
             self.missed += 1
         else:
-            self.per_item = encoded[1][0][2] / len(values)
+            self.per_item = encoded[1][0][2] / items
             self.missed = 0
+            if self.ahead is not None:
+                self._sent.append(encoded[1][0][0])
         return encoded
 
     def learn(self, data: bytes, places: list[Place], items: int) -> None:
@@ -757,19 +789,13 @@ class _SlotWriter:
         return n
 
 
-class _FromSlot:
-    """Pickles as a call of `_load_from` on the slot bytes `decode` hands over (out of band)."""
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return _load_from, (pickle.PickleBuffer(bytearray()),)
-
-
 def _load_from(buffer: Any) -> Any:
     return pickle.loads(buffer)
 
 
-#: The `encode_in_slot` encoding: a pickle whose one out-of-band buffer is the slot's pickle.
-_IN_SLOT = pickle.dumps(_FromSlot(), protocol=5, buffer_callback=lambda _: False)
+#: The `encode_in_slot` encoding: not a pickle (a pickle starts with the PROTO opcode), so that
+#: `decode` tells it apart; its one place is the slot's pickle (`Mapper.load`).
+_IN_SLOT = b"headrace: in a slot"
 
 
 def _copy_into(memory: mmap.mmap, raw: memoryview) -> None:
@@ -789,4 +815,6 @@ def decode(data: bytes, places: list[Place], mapper: Mapper) -> Any:
     """The object `encode` made; its large buffers are views of the slots named in ``places``."""
     if not places:
         return pickle.loads(data)
+    if data == _IN_SLOT:
+        return mapper.load(*places[0])
     return pickle.loads(data, buffers=[mapper.view(*place) for place in places])

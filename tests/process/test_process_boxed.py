@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import pickle
+import time
 from typing import Any
 
 import pytest
@@ -229,3 +230,74 @@ def test_large_results_come_back_through_slots(monkeypatch: pytest.MonkeyPatch) 
     assert got == [r[::-1] for r in data]
     assert loaded, "no chunk of outputs came back through a slot"
     assert min(loaded) > 64 * 1024
+
+
+def joined(items: Any) -> Any:
+    """Tumbling windows of 8 records, each joined into one bytes value (384 kB)."""
+    window: list[bytes] = []
+    for record in items:
+        window.append(record)
+        if len(window) == 8:
+            yield b"".join(window)
+            window = []
+    if window:
+        yield b"".join(window)
+
+
+def test_a_transform_s_large_chunks_and_outputs_cross_in_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process `transform`'s stream goes the same way: its chunks of records are pickled
+    straight into slots, and so are its outputs too large for the pipe."""
+    in_slot = count_in_slot(monkeypatch)
+    loaded: list[int] = []
+    original = _shm._load_from
+
+    def counting(buffer: Any) -> Any:
+        loaded.append(len(buffer))
+        return original(buffer)
+
+    monkeypatch.setattr(_shm, "_load_from", counting)
+    data = records(400)
+    got = hr.from_iterable(data).transform(joined, backend="process").collect()
+    assert got == [b"".join(data[i : i + 8]) for i in range(0, 400, 8)]
+    assert any(in_slot), "no chunk of the stream was pickled into a slot"
+    assert loaded, "no output came back through a slot"
+    assert min(loaded) > 64 * 1024
+
+
+def slow_joined(items: Any) -> Any:
+    for window in joined(items):
+        time.sleep(0.02)
+        yield window
+
+
+def test_a_transform_s_feeder_keeps_few_chunks_waiting_in_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream has no window of chunks in flight: past `InSlot.STREAM_AHEAD` chunks waiting
+    in slots for a slow worker, the feeder sends in band, where the pipe holds it back."""
+    seen: list[int] = []
+    original = SlotPool.held
+
+    def counting(self: SlotPool, names: Any) -> int:
+        seen.append(original(self, names))
+        return seen[-1]
+
+    monkeypatch.setattr(SlotPool, "held", counting)
+    data = records(400)
+    got = hr.from_iterable(data).transform(slow_joined, backend="process").collect()
+    assert got == [b"".join(data[i : i + 8]) for i in range(0, 400, 8)]
+    assert max(seen) == _shm.InSlot.STREAM_AHEAD  # it got that far ahead, never further
+
+
+def test_a_fault_in_a_transform_s_feeder_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in the thread that feeds a process `transform` ends the run with
+    that error; the worker is not left waiting for input that never comes."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the feeder broke")
+
+    monkeypatch.setattr(_shm.InSlot, "encode", broken)
+    with pytest.raises(RuntimeError, match="the feeder broke"):
+        hr.from_iterable(records(50)).transform(joined, backend="process").collect()

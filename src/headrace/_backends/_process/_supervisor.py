@@ -493,7 +493,9 @@ class ProcessWorkers(Workers):
             if chunk.sent is not None and chunk.sent[0] is not None:  # sent before: again
                 data, places = chunk.sent[0], chunk.sent[1]
                 self.pool.hold_again(places, pid)
-            elif (in_slot := self._in_slot.encode(chunk.values, self.pool, pid)) is not None:
+            elif (
+                in_slot := self._in_slot.encode(chunk.values, len(chunk.values), self.pool, pid)
+            ) is not None:
                 self._let_go(chunk)
                 data, places = in_slot  # not kept: sent again, it is pickled again
             else:
@@ -780,18 +782,24 @@ class ProcessWorkers(Workers):
 
     def _feed(self, proc: Proc) -> None:
         try:
+            in_slot = InSlot(ahead=InSlot.STREAM_AHEAD)
             for keys, values in self.work.stream_chunks():
-                try:
-                    data, places = encode(values, self.pool, proc.pid, cloudpickle_dumps)
-                except Exception:  # an item cannot travel: only it fails (or, under raise, the run)
-                    keys, values = self._sendable(keys, values)
-                    if not values:
-                        continue
-                    data, places = encode(values, self.pool, proc.pid, cloudpickle_dumps)
-                proc.send(Items(keys, data, places))
+                encoded = in_slot.encode(values, len(values), self.pool, proc.pid)
+                if encoded is None:
+                    try:
+                        encoded = encode(values, self.pool, proc.pid, cloudpickle_dumps)
+                    except Exception:  # an item cannot travel: it fails (under raise, the run)
+                        keys, values = self._sendable(keys, values)
+                        if not values:
+                            continue
+                        encoded = encode(values, self.pool, proc.pid, cloudpickle_dumps)
+                    in_slot.learn(*encoded, len(values))
+                proc.send(Items(keys, *encoded))
             proc.send(End())
         except (Cancelled, StopStage, OSError, EOFError):
             pass
+        except Exception as exc:  # a fault of the feeder's own: the run fails, it does not wait
+            self.work.setup_failed(exc, format_traceback(exc))
 
     def _sendable(self, keys: Sequence[int], values: list[Any]) -> tuple[list[int], list[Any]]:
         """The items of a stream stage's chunk that can be pickled; each other one is the

@@ -206,6 +206,7 @@ class ChildWork:
         self._send_lock = threading.Lock()
         self.pool = StagePool(spec.token, spec.slots_budget, spec.slots)
         self._in_slot = InSlot()  # when a chunk's outputs are pickled straight into a slot
+        self._out_slot = InSlot(ahead=InSlot.STREAM_AHEAD)  # a stream stage's outputs
         self.mapper = Mapper()
         self._progress = attach(spec.progress)
         # Where the worker's loop writes the position of the item it calls (see `Caller`).
@@ -295,7 +296,7 @@ class ChildWork:
         if not chunk.split:
             try:
                 for keys, values in done.outputs:
-                    encoded = self._in_slot.encode(values, self.pool, self.parent)
+                    encoded = self._in_slot.encode(values, len(values), self.pool, self.parent)
                     if encoded is None:
                         encoded = encode(values, self.pool, self.parent, cloudpickle_dumps)
                         self._in_slot.learn(*encoded, len(values))
@@ -353,8 +354,16 @@ class ChildWork:
     def emit(self, value: Any) -> None:
         if not self._outputs:
             self._first_output = time.monotonic()
-        self._outputs.append(encode(value, self.pool, self.parent, cloudpickle_dumps))
-        if len(self._outputs) >= MAX_BATCH or time.monotonic() - self._first_output > FLUSH_S:
+        in_slot = self._out_slot.encode(value, 1, self.pool, self.parent)
+        if in_slot is None:
+            encoded = encode(value, self.pool, self.parent, cloudpickle_dumps)
+            self._out_slot.learn(*encoded, 1)
+        self._outputs.append(encoded if in_slot is None else in_slot)
+        if (
+            in_slot is not None  # a large output: it waits for no others (its slot is held)
+            or len(self._outputs) >= MAX_BATCH
+            or time.monotonic() - self._first_output > FLUSH_S
+        ):
             self.flush()
 
     def flush(self) -> None:
