@@ -157,6 +157,21 @@ def test_an_unpicklable_result_is_skipped_under_skip() -> None:
     assert "could not be pickled" in record.message
 
 
+def lock_third(items: Any) -> Any:
+    for i, x in enumerate(items):
+        yield threading.Lock() if i == 2 else x
+
+
+def test_a_transform_s_unpicklable_output_is_a_serialization_error_naming_the_stage() -> None:
+    stream = hr.from_iterable(range(8)).transform(lock_third, backend="process", name="w")
+    with pytest.raises(hr.SerializationError) as info:
+        stream.collect()
+    error = info.value
+    assert error.stage == "w"
+    assert "stage 'w': an output could not be pickled (after item 2)" in str(error)
+    assert isinstance(error.__cause__, TypeError) and "lock" in str(error.__cause__)
+
+
 def test_an_unpicklable_item_is_a_serialization_error() -> None:
     items = [1, 2, threading.Lock(), 4]
     stream = hr.from_iterable(items).map(repr, workers=2, backend="process", name="show")

@@ -356,7 +356,11 @@ class ChildWork:
             self._first_output = time.monotonic()
         in_slot = self._out_slot.encode(value, 1, self.pool, self.parent)
         if in_slot is None:
-            encoded = encode(value, self.pool, self.parent, cloudpickle_dumps)
+            try:
+                encoded = encode(value, self.pool, self.parent, cloudpickle_dumps)
+            except Exception as exc:  # the parent makes it a SerializationError naming the stage
+                after = "" if self._key is None else f" (after item {self._key})"
+                raise _TransitError(f"an output could not be pickled{after}", exc) from exc
             self._out_slot.learn(*encoded, 1)
         self._outputs.append(encoded if in_slot is None else in_slot)
         if (
