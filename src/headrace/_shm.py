@@ -586,10 +586,7 @@ class Mapper:
     def view(self, name: str, offset: int, length: int) -> np.ndarray[Any, Any]:
         """The bytes of one buffer in a slot, as a uint8 array that the unpickled object will
         hold on to: when it is collected, the slot is free again."""
-        memory = self._map(name)
-        magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
-        if magic != _MAGIC or state != _USED or offset + length > capacity:
-            raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
+        memory = self._checked(name, offset, length)
         # An ndarray, not a memoryview: a memoryview made from it (as pickle and numpy do)
         # refers to this array, so the finalizer waits for the last view of the data.
         import numpy as np  # loaded already: the sender made an array
@@ -602,15 +599,20 @@ class Mapper:
         """The object pickled into one slot (`encode_in_slot`): loaded (a copy), and the slot
         free again at once. Without NumPy, which a receiver of records and text may not have
         loaded (a first import costs it some 60 ms)."""
-        memory = self._map(name)
-        magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
-        if magic != _MAGIC or state != _USED or offset + length > capacity:
-            raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
+        memory = self._checked(name, offset, length)
         start = HEADER + offset
         with memoryview(memory) as whole, whole[start : start + length] as region:
             obj = _load_from(region)
         _free(memory)
         return obj
+
+    def _checked(self, name: str, offset: int, length: int) -> mmap.mmap:
+        """The map of slot ``name``, once its header says it holds those bytes in use."""
+        memory = self._map(name)
+        magic, state, capacity, _ = _LAYOUT.unpack_from(memory, 0)
+        if magic != _MAGIC or state != _USED or offset + length > capacity:
+            raise ValueError(f"shared-memory slot {name} has a bad header; refusing to read it")
+        return memory
 
     def _map(self, name: str) -> mmap.mmap:
         with self._lock:

@@ -79,6 +79,19 @@ def count_in_slot(
     return sizes
 
 
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the pickles this process loads from slots (`_load_from`)."""
+    loaded: list[int] = []
+    original = _shm._load_from
+
+    def counting(buffer: Any) -> Any:
+        loaded.append(len(buffer))
+        return original(buffer)
+
+    monkeypatch.setattr(_shm, "_load_from", counting)
+    return loaded
+
+
 def test_a_chunk_of_large_records_crosses_in_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RECORD < THRESHOLD
     boxed = count_boxes(monkeypatch)
@@ -217,14 +230,7 @@ def reverse(record: bytes) -> bytes:
 def test_large_results_come_back_through_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers pickle their chunks of large outputs straight into slots too: the program
     loads them from there (`_load_from`, which it runs for each such chunk)."""
-    loaded: list[int] = []
-    original = _shm._load_from
-
-    def counting(buffer: Any) -> Any:
-        loaded.append(len(buffer))
-        return original(buffer)
-
-    monkeypatch.setattr(_shm, "_load_from", counting)
+    loaded = count_loads(monkeypatch)
     data = records(300)
     got = hr.from_iterable(data).map(reverse, workers=2, backend="process").collect()
     assert got == [r[::-1] for r in data]
@@ -250,14 +256,7 @@ def test_a_transform_s_large_chunks_and_outputs_cross_in_slots(
     """A process `transform`'s stream goes the same way: its chunks of records are pickled
     straight into slots, and so are its outputs too large for the pipe."""
     in_slot = count_in_slot(monkeypatch)
-    loaded: list[int] = []
-    original = _shm._load_from
-
-    def counting(buffer: Any) -> Any:
-        loaded.append(len(buffer))
-        return original(buffer)
-
-    monkeypatch.setattr(_shm, "_load_from", counting)
+    loaded = count_loads(monkeypatch)
     data = records(400)
     got = hr.from_iterable(data).transform(joined, backend="process").collect()
     assert got == [b"".join(data[i : i + 8]) for i in range(0, 400, 8)]
